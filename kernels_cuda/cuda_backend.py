@@ -1,0 +1,3 @@
+"""Placeholder replaced by the ctypes loader of the compiled kernels."""
+def available() -> bool:
+    return False
