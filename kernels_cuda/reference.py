@@ -30,9 +30,7 @@ def _check(x: torch.Tensor, weight: torch.Tensor, groups: int) -> tuple[int, int
         raise ValueError(f"expected a (C, C/groups, k, k) weight, got shape {tuple(weight.shape)}")
     channels = x.shape[1]
     if channels % groups or weight.shape[0] != channels or weight.shape[1] * groups != channels:
-        raise ValueError(
-            f"weight {tuple(weight.shape)} does not fit {channels} channels in {groups} groups"
-        )
+        raise ValueError(f"weight {tuple(weight.shape)} does not fit {channels} channels in {groups} groups")
     return channels // groups, weight.shape[-1]
 
 

@@ -38,7 +38,9 @@ def test_transposed_solve_equals_dense_transposed_solve(channels, groups, k, h, 
     a = dense_conv_matrix(weight, groups, (channels, h, w))
     g = _batch(channels, h, w)
     expected = torch.linalg.solve(a.T, g.reshape(len(g), -1).T).T.reshape_as(g)
-    torch.testing.assert_close(tl_conv2d_solve_transposed(g, weight, groups), expected, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(
+        tl_conv2d_solve_transposed(g, weight, groups), expected, atol=1e-10, rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("channels,groups,k,h,w", CASES[:: len(SHAPES)])

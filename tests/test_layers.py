@@ -52,10 +52,14 @@ REGISTRY: dict[str, Spec] = {
         f"finc_{o}": Spec(lambda c, k, o=o: FInCConv2d(c, k, o, generator=_gen()), (1, 2, 3, 4), KS)
         for o in ("tl", "tr", "bl", "br")
     },
-    "finc_fixed_diagonal": Spec(lambda c, k: FInCConv2d(c, k, learn_diagonal=False, generator=_gen()), (3,), KS),
+    "finc_fixed_diagonal": Spec(
+        lambda c, k: FInCConv2d(c, k, learn_diagonal=False, generator=_gen()), (3,), KS
+    ),
     "finc_unit": Spec(lambda c, k: FInCUnit(c, k, generator=_gen()), (4, 8), KS),
     **{
-        f"inverse_conv_{o}": Spec(lambda c, k, o=o: InverseConv2d(c, k, o, generator=_gen()), (1, 2, 3, 4), KS)
+        f"inverse_conv_{o}": Spec(
+            lambda c, k, o=o: InverseConv2d(c, k, o, generator=_gen()), (1, 2, 3, 4), KS
+        )
         for o in ("tl", "tr", "bl", "br")
     },
     "inverse_conv_unit": Spec(lambda c, k: InverseConvUnit(c, k, generator=_gen()), (4, 8), KS),
@@ -157,7 +161,9 @@ def test_actnorm_initialises_from_the_first_batch_then_train_equals_eval():
     x = torch.randn(64, 3, 5, 5, dtype=torch.float64) * 4 + 2
     y, _ = layer(x)
     torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(3, dtype=torch.float64), atol=1e-10, rtol=0)
-    torch.testing.assert_close(y.std(dim=(0, 2, 3), unbiased=False), torch.ones(3, dtype=torch.float64), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        y.std(dim=(0, 2, 3), unbiased=False), torch.ones(3, dtype=torch.float64), rtol=1e-5, atol=0
+    )
     train_out = layer(x)[0]
     layer.eval()
     assert torch.equal(train_out, layer(x)[0])

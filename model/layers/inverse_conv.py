@@ -44,5 +44,6 @@ class InverseConvUnit(FlowSequence):
         generator: torch.Generator | None = None,
     ):
         super().__init__(
-            InverseConv2d(channels, kernel_size, o, learn_diagonal, generator) for o in ("tl", "tr", "bl", "br")
+            InverseConv2d(channels, kernel_size, o, learn_diagonal, generator)
+            for o in ("tl", "tr", "bl", "br")
         )

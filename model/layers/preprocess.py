@@ -49,4 +49,3 @@ class LogitTransform(FlowLayer):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         p = torch.sigmoid(y)
         return (p - self.alpha) / (1 - 2 * self.alpha) * self.num_bins
-

@@ -21,10 +21,11 @@ def orient(x: torch.Tensor, orientations: Sequence[str]) -> torch.Tensor:
         dims = ORIENTATIONS[orientations[0]]
         return torch.flip(x, dims) if dims else x
     chunks = x.chunk(len(orientations), dim=1)
-    return torch.cat(
-        [torch.flip(c, ORIENTATIONS[o]) if ORIENTATIONS[o] else c for c, o in zip(chunks, orientations)],
-        dim=1,
-    )
+    flipped = [
+        torch.flip(c, ORIENTATIONS[o]) if ORIENTATIONS[o] else c
+        for c, o in zip(chunks, orientations, strict=True)
+    ]
+    return torch.cat(flipped, dim=1)
 
 
 class TriangularKernel(nn.Module):
