@@ -1,0 +1,43 @@
+"""Typed architecture configuration, stored verbatim in every checkpoint's `config.json`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["Architecture", "FlowConfig"]
+
+Architecture = Literal["glow", "finc", "inverse_flow"]
+
+
+class FlowConfig(BaseModel):
+    """A multi-scale flow: `levels` × (squeeze → `steps` flow steps → split), the last without split."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: Architecture
+    image_shape: tuple[int, int, int] = Field(description="(channels, height, width) of input images")
+    levels: int = Field(2, ge=1, le=6)
+    steps: int = Field(8, ge=1, le=64, description="flow steps per level")
+    hidden: int = Field(128, ge=4, le=2048, description="coupling network width")
+    kernel_size: int = Field(3, ge=2, le=11, description="k of the FInC / inverse convolutions")
+    learn_diagonal: bool = True
+    logit_alpha: float = Field(0.05, ge=0.0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _fits_the_image(self) -> FlowConfig:
+        c, h, w = self.image_shape
+        if min(c, h, w) < 1:
+            raise ValueError(f"image_shape must be positive, got {self.image_shape}")
+        factor = 2**self.levels
+        if h % factor or w % factor:
+            raise ValueError(
+                f"{self.levels} levels halve the image {self.levels} times: {h}×{w} is not divisible by {factor}"
+            )
+        return self
+
+    @property
+    def num_dims(self) -> int:
+        c, h, w = self.image_shape
+        return c * h * w

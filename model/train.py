@@ -1,0 +1,263 @@
+"""Train a flow and write a checkpoint: `python -m model.train --arch finc --dataset mnist --out DIR`.
+
+Every epoch: test bits/dim, a sample grid PNG, and a checkpoint. `--max-minutes` stops cleanly mid-epoch
+with a resumable state (`--resume`), so long runs fit into short jobs. Seeded: the same seed and
+arguments give the same batches, also across a resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .checkpoint import load_flow, read_config, save_flow
+from .config import FlowConfig
+from .data import ImageData, load_dataset
+from .flow import MultiScaleFlow, build_flow
+from .images import save_grid
+from .layers import dequantize
+
+__all__ = ["evaluate_bits_per_dim", "main", "train"]
+
+log = logging.getLogger("model.train")
+STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@torch.no_grad()
+def evaluate_bits_per_dim(
+    flow: MultiScaleFlow, images: torch.Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
+) -> float:
+    """Mean test bits/dim (midpoint dequantisation: deterministic)."""
+    was_training = flow.training
+    flow.eval()
+    total, count = 0.0, 0
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size].to(device)
+        total += flow.bits_per_dim(batch).sum().item()
+        count += batch.shape[0]
+    flow.train(was_training)
+    return total / count
+
+
+def _save_train_state(out: Path, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for idx, param_state in state["state"].items():
+        for key, value in param_state.items():
+            tensors[f"{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    save_file(tensors, str(out / (STATE_TENSORS + ".tmp")))
+    (out / (STATE_TENSORS + ".tmp")).replace(out / STATE_TENSORS)
+    meta = {**meta, "param_groups": state["param_groups"]}
+    (out / (STATE_JSON + ".tmp")).write_text(json.dumps(meta, indent=2))
+    (out / (STATE_JSON + ".tmp")).replace(out / STATE_JSON)
+
+
+def _load_train_state(out: Path, optimizer: torch.optim.Optimizer, device: torch.device) -> dict[str, Any]:
+    meta = json.loads((out / STATE_JSON).read_text())
+    tensors = load_file(str(out / STATE_TENSORS))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value if key == "step" else value.to(device)
+    optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    return meta
+
+
+def _config_from_args(args: argparse.Namespace, data: ImageData) -> FlowConfig:
+    return FlowConfig(
+        arch=args.arch,
+        image_shape=data.image_shape,
+        levels=args.levels,
+        steps=args.steps,
+        hidden=args.hidden,
+        kernel_size=args.kernel_size,
+        learn_diagonal=not args.fixed_diagonal,
+    )
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run (or resume) training as described by the CLI arguments; returns the checkpoint directory."""
+    out = Path(args.out)
+    device = torch.device(
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    torch.manual_seed(args.seed)
+    data = load_dataset(args.dataset)
+    if args.train_limit:
+        data = ImageData(data.name, data.train[: args.train_limit], data.test)
+    test_images = data.test[: args.eval_images] if args.eval_images else data.test
+
+    resuming = args.resume and (out / STATE_JSON).is_file()
+    if resuming:
+        flow = load_flow(out, device=device).train()
+        log.info("resuming from %s", out)
+    else:
+        flow = build_flow(_config_from_args(args, data)).to(device).train()
+    optimizer = torch.optim.Adam(flow.parameters(), lr=args.lr)
+    meta: dict[str, Any] = {"epoch": 0, "batch": 0, "global_step": 0, "history": [], "train_seconds": 0.0}
+    if resuming:
+        meta = _load_train_state(out, optimizer, device)
+    out.mkdir(parents=True, exist_ok=True)
+
+    n_dims = flow.num_dims
+    batches_per_epoch = data.train.shape[0] // args.batch_size
+    started = time.monotonic()
+    train_seconds_before = meta["train_seconds"]
+    log.info(
+        "arch=%s dataset=%s params=%d device=%s batches/epoch=%d",
+        flow.config.arch,
+        data.name,
+        flow.num_parameters(),
+        device,
+        batches_per_epoch,
+    )
+
+    def summary(test_bpd: float | None) -> dict[str, Any]:
+        return {
+            "dataset": data.name,
+            "epochs": meta["epoch"],
+            "steps": meta["global_step"],
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "test_bits_per_dim": test_bpd,
+            "test_images": int(test_images.shape[0]),
+            "num_parameters": flow.num_parameters(),
+            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+            "train_seconds": round(meta["train_seconds"], 1),
+            "commit": _commit(),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "seed": args.seed,
+        }
+
+    def checkpoint(test_bpd: float | None) -> None:
+        meta["train_seconds"] = train_seconds_before + time.monotonic() - started
+        save_flow(flow, out, summary(test_bpd))
+        _save_train_state(out, optimizer, meta)
+
+    while meta["epoch"] < args.epochs:
+        epoch = meta["epoch"]
+        order = torch.randperm(
+            data.train.shape[0], generator=torch.Generator().manual_seed(args.seed + epoch)
+        )
+        bar = tqdm(
+            range(meta["batch"], batches_per_epoch),
+            desc=f"epoch {epoch + 1}/{args.epochs}",
+            initial=meta["batch"],
+            total=batches_per_epoch,
+            disable=args.quiet,
+            dynamic_ncols=True,
+        )
+        noise = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + meta["global_step"])
+        for b in bar:
+            idx = order[b * args.batch_size : (b + 1) * args.batch_size]
+            x = dequantize(data.train[idx].to(device=device, dtype=torch.float32), "uniform", noise)
+            warmup = min(1.0, (meta["global_step"] + 1) / max(1, args.warmup_steps))
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * warmup
+            loss = -flow.log_prob_continuous(x).mean() / (n_dims * math.log(2))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), args.grad_clip)
+            if torch.isfinite(loss) and torch.isfinite(grad_norm):
+                optimizer.step()
+            meta["global_step"] += 1
+            meta["batch"] = b + 1
+            bar.set_postfix(bpd=f"{loss.item():.3f}", gnorm=f"{grad_norm.item():.2f}")
+            if args.max_steps and meta["global_step"] >= args.max_steps:
+                break
+            if args.max_minutes and time.monotonic() - started > 60 * args.max_minutes:
+                break
+        bar.close()
+        out_of_time = args.max_minutes and time.monotonic() - started > 60 * args.max_minutes
+        out_of_steps = args.max_steps and meta["global_step"] >= args.max_steps
+        if meta["batch"] < batches_per_epoch:  # stopped mid-epoch: save and leave
+            checkpoint(meta["history"][-1]["test_bits_per_dim"] if meta["history"] else None)
+            log.info("stopped mid-epoch %d at batch %d (resume with --resume)", epoch + 1, meta["batch"])
+            return out
+        meta["epoch"], meta["batch"] = epoch + 1, 0
+        test_bpd = evaluate_bits_per_dim(flow, test_images, device=device)
+        meta["history"].append(
+            {"epoch": epoch + 1, "step": meta["global_step"], "test_bits_per_dim": test_bpd}
+        )
+        flow.eval()
+        with torch.no_grad():
+            samples = flow.sample(
+                64, temperature=args.sample_temperature, generator=torch.Generator(device).manual_seed(0)
+            )
+        flow.train()
+        save_grid(samples, out / f"samples_epoch{epoch + 1:03d}.png", nrow=8)
+        checkpoint(test_bpd)
+        log.info("epoch %d: test bits/dim %.4f (%d images)", epoch + 1, test_bpd, test_images.shape[0])
+        if out_of_time or out_of_steps:
+            return out
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
+    p.add_argument("--arch", choices=["glow", "finc", "inverse_flow"], default="finc")
+    p.add_argument(
+        "--dataset", default="mnist", help="mnist, fashion-mnist, a folder of images or a .npy file"
+    )
+    p.add_argument("--out", required=True, help="checkpoint directory")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--grad-clip", type=float, default=50.0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--resume", action="store_true", help="continue from --out if it holds a training state")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--levels", type=int, default=2)
+    p.add_argument("--steps", type=int, default=8, help="flow steps per level")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--kernel-size", type=int, default=3)
+    p.add_argument("--fixed-diagonal", action="store_true", help="unit diagonal (the published FInC setting)")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps in total")
+    p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this much wall time")
+    p.add_argument("--eval-images", type=int, default=0, help="test images per evaluation (0: all)")
+    p.add_argument("--train-limit", type=int, default=0, help="use only the first N training images")
+    p.add_argument("--sample-temperature", type=float, default=0.7)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = train(args)
+    print(json.dumps(read_config(out)["training"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
