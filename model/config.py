@@ -33,7 +33,8 @@ class FlowConfig(BaseModel):
         factor = 2**self.levels
         if h % factor or w % factor:
             raise ValueError(
-                f"{self.levels} levels halve the image {self.levels} times: {h}×{w} is not divisible by {factor}"
+                f"{self.levels} levels halve the image {self.levels} times: "
+                f"{h}×{w} is not divisible by {factor}"
             )
         return self
 

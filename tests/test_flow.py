@@ -99,7 +99,7 @@ def test_checkpoint_errors_are_clear(tmp_path):
     flow, _ = tiny_flow("finc", dtype=torch.float32)
     save_flow(flow, tmp_path / "a")
     (tmp_path / "a" / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="no model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"no model\.safetensors"):
         load_flow(tmp_path / "a")
     save_flow(flow, tmp_path / "b")
     config = json.loads((tmp_path / "b" / "config.json").read_text())
