@@ -1,0 +1,75 @@
+"""`create_app(settings)`: the FastAPI application, its lifespan (load, warm up, drain) and its routers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+
+from .errors import install_error_handlers
+from .metrics import Metrics
+from .middleware import RequestContextMiddleware
+from .model_api import resolve_device
+from .registry import ModelRegistry
+from .routes import health, logprob, metrics, models, sample
+from .settings import Settings
+from .state import AppState
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("service")
+
+
+def _warmup_sizes(settings: Settings) -> list[int]:
+    return sorted({1, settings.max_batch_images})
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: AppState = app.state.flows
+    settings = state.settings
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    device = resolve_device(settings.device)
+    loop = asyncio.get_running_loop()
+    registry = await loop.run_in_executor(
+        state.executor, ModelRegistry.load, settings, device, state.executor, state.metrics
+    )
+    if settings.warmup:
+        for entry in registry.entries.values():
+            await loop.run_in_executor(state.executor, entry.model.warm_up, _warmup_sizes(settings))
+    for batcher in registry.batchers():
+        batcher.start()
+    state.registry, state.ready = registry, True
+    log.info("ready: %s (default %s) on %s", ", ".join(sorted(registry.entries)), registry.default, device)
+    try:
+        yield
+    finally:
+        state.ready = False
+        await asyncio.gather(*(b.close() for b in registry.batchers()))
+        state.executor.shutdown(wait=True)
+        log.info("drained and stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; settings come from the argument or from `FLOWS_*` environment variables."""
+    settings = settings or Settings()
+    metrics_ = Metrics()
+    app = FastAPI(
+        title="Flow sampling and likelihood service",
+        version="0.1.0",
+        description="Exact log-likelihoods and fast sampling for FInC Flow, Inverse-Flow and Glow models.",
+        lifespan=_lifespan,
+    )
+    # One inference thread per process: batches run one at a time and use all torch threads.
+    app.state.flows = AppState(settings, metrics_, ThreadPoolExecutor(1, thread_name_prefix="inference"))
+    install_error_handlers(app)
+    for router in (health.router, metrics.router, models.router, sample.router, logprob.router):
+        app.include_router(router)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics_, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,241 @@
+"""Server-side dynamic batching: one `Batcher` per (model, operation).
+
+A batch closes when its queued **images** reach `max_batch_images` or its oldest request has waited
+`max_wait_s`; the worker wakes on an event, never by polling. Requests larger than a batch are split into
+chunks and reassembled. The queue is bounded by images (a full queue rejects the whole request at once,
+so accepted work is never dropped for space); expired work is dropped before compute (504); a request
+whose caller went away has its futures cancelled and its queued chunks are skipped. Inference runs in
+an executor thread under `torch.inference_mode()`; a CUDA out-of-memory halves the batch and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import DeadlineExceeded, NotReady, Overloaded, ServiceError
+from .metrics import Metrics
+
+__all__ = ["BatchFailed", "Batcher", "BatchResult"]
+
+log = logging.getLogger("service.batching")
+
+RunBatch = Callable[[list[torch.Tensor]], torch.Tensor]
+
+
+class BatchFailed(ServiceError):
+    status, code = 500, "inference_failed"
+
+
+@dataclass
+class BatchResult:
+    """A request's output rows and how long it queued / computed (max over its chunks)."""
+
+    output: torch.Tensor
+    queue_s: float
+    inference_s: float
+
+
+@dataclass
+class _Work:
+    inputs: list[torch.Tensor]
+    future: asyncio.Future
+    enqueued: float
+    deadline: float
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+    n: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n = self.inputs[0].shape[0]
+
+
+class Batcher:
+    """Queues row-batched inputs, runs `run(inputs) -> output` on batches, returns each caller its rows."""
+
+    def __init__(
+        self,
+        model: str,
+        op: str,
+        run: RunBatch,
+        executor: Executor,
+        metrics: Metrics,
+        *,
+        max_batch_images: int,
+        max_wait_s: float,
+        max_queue_images: int,
+        overload_status: int = 503,
+        retry_after_s: int = 1,
+    ):
+        self.model, self.op, self.run = model, op, run
+        self.executor, self.metrics = executor, metrics
+        self.max_batch_images, self.max_wait_s = max_batch_images, max_wait_s
+        self.max_queue_images = max_queue_images
+        self.overload_status, self.retry_after_s = overload_status, retry_after_s
+        self._queue: deque[_Work] = deque()
+        self._queued_images = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task | None = None
+        self._labels = {"model": model, "op": op}
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.model}-{self.op}")
+
+    async def close(self) -> None:
+        """Stop accepting, finish everything already queued, then stop the worker."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    @property
+    def queued_images(self) -> int:
+        return self._queued_images
+
+    # -- client side ----------------------------------------------------------------------------------
+    async def submit(self, inputs: list[torch.Tensor], timeout_s: float) -> BatchResult:
+        """Queue `inputs` (tensors sharing their first dimension) and await this request's output rows."""
+        n = inputs[0].shape[0]
+        if any(t.shape[0] != n for t in inputs):
+            raise ValueError("all inputs of one request must have the same number of rows")
+        if self._closing:
+            raise NotReady("the server is shutting down")
+        if self._queued_images + n > self.max_queue_images:
+            self.metrics.rejections.labels(reason="queue_full").inc()
+            raise Overloaded(
+                f"queue for {self.model}/{self.op} is full ({self._queued_images} images waiting, "
+                f"limit {self.max_queue_images}); retry later",
+                status=self.overload_status,
+                retry_after_s=self.retry_after_s,
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        works = [
+            _Work([t[start : start + self.max_batch_images] for t in inputs], loop.create_future(), now, now + timeout_s)
+            for start in range(0, n, self.max_batch_images)
+        ]
+        self._queue.extend(works)
+        self._queued_images += n
+        self.metrics.queue_depth.labels(**self._labels).set(self._queued_images)
+        self._wakeup.set()
+        try:
+            outputs = await asyncio.gather(*(w.future for w in works))
+        except BaseException:
+            for w in works:  # caller gone or a chunk failed: skip whatever has not run yet
+                w.future.cancel()
+            raise
+        return BatchResult(
+            torch.cat(outputs) if len(outputs) > 1 else outputs[0],
+            max(w.queue_s for w in works),
+            max(w.inference_s for w in works),
+        )
+
+    # -- worker side ----------------------------------------------------------------------------------
+    def _pop(self) -> _Work:
+        work = self._queue.popleft()
+        self._queued_images -= work.n
+        self.metrics.queue_depth.labels(**self._labels).set(self._queued_images)
+        return work
+
+    def _live_images(self) -> int:
+        return sum(w.n for w in self._queue if not w.future.done())
+
+    def _take_batch(self) -> list[_Work]:
+        batch: list[_Work] = []
+        images = 0
+        now = time.monotonic()
+        while self._queue and images + self._queue[0].n <= self.max_batch_images:
+            work = self._pop()
+            if work.future.done():  # cancelled: the caller disconnected or another chunk failed
+                self.metrics.rejections.labels(reason="cancelled").inc()
+                continue
+            if now > work.deadline:
+                self.metrics.rejections.labels(reason="deadline").inc()
+                work.future.set_exception(DeadlineExceeded("request deadline passed while queued"))
+                continue
+            batch.append(work)
+            images += work.n
+        return batch
+
+    async def _wait_for_batch(self) -> None:
+        """Return when a full batch is queued, the oldest request has waited `max_wait_s`, or closing."""
+        while not self._closing:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self._live_images() >= self.max_batch_images:
+                return
+            remaining = self._queue[0].enqueued + self.max_wait_s - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wait_for_batch()
+            if not self._queue:
+                if self._closing:
+                    return
+                continue
+            batch = self._take_batch()
+            if not batch:
+                continue
+            started = time.monotonic()
+            for w in batch:
+                w.queue_s = started - w.enqueued
+                self.metrics.queue_wait.labels(**self._labels).observe(w.queue_s)
+            inputs = [torch.cat(parts) for parts in zip(*(w.inputs for w in batch), strict=True)]
+            total = inputs[0].shape[0]
+            try:
+                output = await loop.run_in_executor(self.executor, self._execute, inputs)
+                if output.shape[0] != total:
+                    raise RuntimeError(f"batch of {total} rows returned {output.shape[0]}")
+            except Exception:
+                log.exception("batch of %d images for %s/%s failed", total, self.model, self.op)
+                for w in batch:
+                    if not w.future.done():
+                        w.future.set_exception(BatchFailed("inference failed; see the server log"))
+                continue
+            elapsed = time.monotonic() - started
+            self.metrics.inference.labels(**self._labels).observe(elapsed)
+            self.metrics.batch_images.labels(**self._labels).observe(total)
+            self.metrics.batch_requests.labels(**self._labels).observe(len(batch))
+            offset = 0
+            for w in batch:
+                w.inference_s = elapsed
+                if not w.future.done():
+                    w.future.set_result(output[offset : offset + w.n])
+                offset += w.n
+
+    def _execute(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Run one batch; on CUDA out-of-memory, run it as two halves (recursively)."""
+        try:
+            with torch.inference_mode():
+                return self.run(inputs)
+        except torch.OutOfMemoryError:
+            n = inputs[0].shape[0]
+            if n == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = n // 2
+            log.warning("CUDA out of memory on %d images for %s/%s: halving", n, self.model, self.op)
+            first = self._execute([t[:half] for t in inputs])
+            second = self._execute([t[half:] for t in inputs])
+            return torch.cat([first, second])

@@ -1,0 +1,117 @@
+"""Pure-ASGI middleware: request IDs, the body size limit (413), one JSON log line and metrics per request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import error_body
+from .metrics import Metrics
+
+__all__ = ["RequestContextMiddleware", "endpoint_label"]
+
+log = logging.getLogger("service.access")
+_VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_KNOWN = {"/sample", "/logprob", "/models", "/health/live", "/health/ready", "/metrics", "/docs", "/openapi.json"}
+
+
+def endpoint_label(path: str) -> str:
+    """A bounded metrics label for a path."""
+    if path in _KNOWN:
+        return path
+    if path.startswith("/models/"):
+        return "/models/{name}"
+    return "other"
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that yields the buffered body once, then defers to the real one (disconnects)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int):
+        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope.get("headers", [])}
+        given = headers.get("x-request-id", "")
+        request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        scope["state"]["log"] = {}
+        status = {"code": 500}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        length = headers.get("content-length")
+        if length is not None and length.isdigit():
+            if int(length) > self.max_body_bytes:
+                await self._reject_too_large(send_with_id, request_id)
+            else:  # the server enforces Content-Length framing
+                await self.app(scope, receive, send_with_id)
+        else:  # chunked or unknown length: read up to the limit, then replay
+            body, more = [], True
+            size = 0
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                size += len(message.get("body", b""))
+                if size > self.max_body_bytes:
+                    break
+                body.append(message.get("body", b""))
+                more = message.get("more_body", False)
+            if size > self.max_body_bytes:
+                await self._reject_too_large(send_with_id, request_id)
+            else:
+                await self.app(scope, _replay(b"".join(body), receive), send_with_id)
+        elapsed = time.perf_counter() - started
+        endpoint = endpoint_label(scope["path"])
+        self.metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
+        self.metrics.latency.labels(endpoint=endpoint).observe(elapsed)
+        record = {
+            "request_id": request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status["code"],
+            "duration_ms": round(elapsed * 1000, 2),
+            "client": (scope.get("client") or ("-",))[0],
+            **scope["state"]["log"],
+        }
+        log.info(json.dumps(record, separators=(",", ":")))
+
+    async def _reject_too_large(self, send: Send, request_id: str) -> None:
+        body = json.dumps(
+            error_body(413, "payload_too_large", f"request body exceeds {self.max_body_bytes} bytes", request_id)
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

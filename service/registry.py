@@ -1,0 +1,66 @@
+"""Every checkpoint directory under the models folder, loaded once, with one batcher per operation."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from .batching import Batcher
+from .errors import UnknownModel
+from .metrics import Metrics
+from .model_api import ServedModel
+from .settings import Settings
+
+__all__ = ["ModelRegistry", "ServedEntry"]
+
+log = logging.getLogger("service.registry")
+PREFERRED_DEFAULT = "finc-mnist"
+
+
+@dataclass
+class ServedEntry:
+    model: ServedModel
+    sample: Batcher
+    logprob: Batcher
+
+
+class ModelRegistry:
+    def __init__(self, entries: dict[str, ServedEntry], default: str):
+        self.entries, self.default = entries, default
+
+    @classmethod
+    def load(cls, settings: Settings, device, executor: Executor, metrics: Metrics) -> ModelRegistry:
+        dirs = sorted(p for p in settings.models.iterdir() if (p / "config.json").is_file())
+        if not dirs:
+            raise RuntimeError(f"no checkpoints (directories with config.json) under {settings.models}")
+        entries = {}
+        for path in dirs:
+            model = ServedModel.load(path, device)
+            common = dict(
+                max_batch_images=settings.max_batch_images,
+                max_wait_s=settings.max_wait_ms / 1000,
+                max_queue_images=settings.max_queue_images,
+                overload_status=settings.overload_status,
+                retry_after_s=settings.retry_after_s,
+            )
+            entries[model.name] = ServedEntry(
+                model,
+                Batcher(model.name, "sample", model.decode, executor, metrics, **common),
+                Batcher(model.name, "logprob", lambda xs, m=model: m.score(xs[0]), executor, metrics, **common),
+            )
+            log.info("loaded %s (%s, %d parameters) on %s", model.name, model.flow.config.arch,
+                     model.flow.num_parameters(), device)
+        default = settings.default_model or (PREFERRED_DEFAULT if PREFERRED_DEFAULT in entries else dirs[0].name)
+        if default not in entries:
+            raise RuntimeError(f"default model {default!r} is not among {sorted(entries)}")
+        return cls(entries, default)
+
+    def get(self, name: str | None) -> ServedEntry:
+        key = name or self.default
+        if key not in self.entries:
+            raise UnknownModel(f"unknown model {key!r}; available: {', '.join(sorted(self.entries))}")
+        return self.entries[key]
+
+    def batchers(self) -> list[Batcher]:
+        return [b for e in self.entries.values() for b in (e.sample, e.logprob)]

@@ -1,0 +1,95 @@
+"""POST /sample: images from a model, each request with its own seeded noise."""
+
+from __future__ import annotations
+
+import base64
+import io
+import secrets
+import time
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Request, Response
+
+from model.images import encode_png, image_grid
+
+from ..errors import TooManyImages
+from ..schemas import SampleRequest, SampleResponse, Timings
+from ..state import Authorized, ReadyState
+from .common import until_disconnect
+
+router = APIRouter(tags=["inference"])
+
+RAW_TYPES = {"image/png", "application/x-npy"}
+
+
+def _npy_bytes(images: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, images.numpy(), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _wanted_raw_type(request: Request) -> str | None:
+    accept = request.headers.get("accept", "")
+    for part in accept.split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in RAW_TYPES:
+            return media
+    return None
+
+
+@router.post(
+    "/sample",
+    response_model=SampleResponse,
+    responses={
+        200: {
+            "content": {
+                "image/png": {"description": "one PNG (1 sample) or a grid, with `Accept: image/png`"},
+                "application/x-npy": {"description": "uint8 (N, C, H, W), with `Accept: application/x-npy`"},
+            }
+        }
+    },
+)
+async def sample(body: SampleRequest, request: Request, state: ReadyState, _: Authorized):
+    """Generate `num_samples` images. The same seed gives the same images, however requests are batched."""
+    started = time.perf_counter()
+    settings = state.settings
+    entry = state.registry.get(body.model)
+    if body.num_samples > settings.max_samples_per_request:
+        raise TooManyImages(
+            f"num_samples {body.num_samples} exceeds this server's limit of {settings.max_samples_per_request}"
+        )
+    seed = body.seed if body.seed is not None else secrets.randbits(63)
+    latents = entry.model.draw_latents(body.num_samples, body.temperature, seed)
+    result = await until_disconnect(request, entry.sample.submit(latents, settings.request_timeout_s))
+    images = result.output
+    state.metrics.images_generated.labels(model=entry.model.name).inc(body.num_samples)
+    request.state.log.update(model=entry.model.name, images=body.num_samples, seed=seed)
+    timings = Timings(
+        queue_ms=round(result.queue_s * 1e3, 3),
+        inference_ms=round(result.inference_s * 1e3, 3),
+        total_ms=round((time.perf_counter() - started) * 1e3, 3),
+    )
+    raw = _wanted_raw_type(request)
+    if raw is not None:
+        headers = {"X-Model": entry.model.name, "X-Seed": str(seed), "X-Num-Samples": str(body.num_samples)}
+        if raw == "image/png":
+            png = encode_png(images[0] if body.num_samples == 1 else image_grid(images))
+            return Response(png, media_type="image/png", headers=headers)
+        return Response(_npy_bytes(images), media_type="application/x-npy", headers=headers)
+    response = SampleResponse(
+        model=entry.model.name,
+        seed=seed,
+        temperature=body.temperature,
+        num_samples=body.num_samples,
+        image_shape=list(entry.model.image_shape),
+        format=body.format,
+        timings=timings,
+    )
+    if body.format == "png":
+        response.images = [base64.b64encode(encode_png(im)).decode() for im in images]
+    elif body.format == "grid_png":
+        response.grid = base64.b64encode(encode_png(image_grid(images))).decode()
+    else:
+        response.npy = base64.b64encode(_npy_bytes(images)).decode()
+    return response

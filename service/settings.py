@@ -1,0 +1,54 @@
+"""Service settings: one pydantic-settings class; every option is also an environment variable `FLOWS_*`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_MODELS_DIR", "Settings"]
+
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+class Settings(BaseSettings):
+    """Built inside `create_app()` / the CLI, never at import time; validators fail fast."""
+
+    model_config = SettingsConfigDict(env_prefix="FLOWS_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    models: Path = Field(DEFAULT_MODELS_DIR, description="directory of checkpoint directories")
+    default_model: str | None = Field(None, description="model used when a request names none")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="inference backend for exportable passes (auto: the faster one on this device)"
+    )
+    max_batch_images: int = Field(64, ge=1, le=4096, description="a batch closes at this many images")
+    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="…or when its oldest request waited this long")
+    max_queue_images: int = Field(1024, ge=1, description="queued images per (model, operation) before 503")
+    overload_status: Literal[429, 503] = 503
+    retry_after_s: int = Field(1, ge=0)
+    request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request, queueing included")
+    max_samples_per_request: int = Field(256, ge=1)
+    max_images_per_request: int = Field(256, ge=1)
+    max_body_bytes: int = Field(16 * 2**20, ge=1024)
+    api_key: str | None = Field(None, description="if set, /sample, /logprob and /models need X-API-Key")
+    warmup: bool = True
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("models")
+    @classmethod
+    def _models_dir_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"models directory {str(value)!r} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> Settings:
+        if self.max_queue_images < self.max_batch_images:
+            raise ValueError("max_queue_images must be at least max_batch_images")
+        return self

@@ -1,0 +1,52 @@
+"""What the app holds while it runs, and the dependencies that hand it to routes."""
+
+from __future__ import annotations
+
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from .errors import NotReady, Unauthorized
+from .metrics import Metrics
+from .registry import ModelRegistry
+from .settings import Settings
+
+__all__ = ["AppState", "Authorized", "ReadyState", "State", "get_state"]
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    executor: ThreadPoolExecutor
+    registry: ModelRegistry | None = None
+    ready: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.flows
+
+
+def get_ready_state(request: Request) -> AppState:
+    state = get_state(request)
+    if not state.ready or state.registry is None:
+        raise NotReady("the server is starting or shutting down")
+    return state
+
+
+def require_api_key(request: Request) -> None:
+    expected = get_state(request).settings.api_key
+    if expected is None:
+        return
+    given = request.headers.get("x-api-key", "")
+    if not secrets.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("missing or wrong X-API-Key")
+
+
+State = Annotated[AppState, Depends(get_state)]
+ReadyState = Annotated[AppState, Depends(get_ready_state)]
+Authorized = Annotated[None, Depends(require_api_key)]

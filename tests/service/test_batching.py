@@ -1,0 +1,153 @@
+"""The batcher on its own: batch closing, splitting, bounds, deadlines, cancellation, failures, drain."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from service.batching import BatchFailed, Batcher
+from service.errors import DeadlineExceeded, NotReady, Overloaded
+from service.metrics import Metrics
+
+
+class Recorder:
+    """A real batch function (doubles its input) that records the batch sizes it was given."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False, oom_above: int | None = None):
+        self.sizes: list[int] = []
+        self.delay, self.fail, self.oom_above = delay, fail, oom_above
+
+    def __call__(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        n = inputs[0].shape[0]
+        if self.oom_above is not None and n > self.oom_above:
+            raise torch.OutOfMemoryError("simulated: batch too large for the device")
+        if self.fail:
+            raise RuntimeError("model exploded")
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)
+        self.sizes.append(n)
+        return inputs[0] * 2
+
+
+def make(run, **kwargs) -> Batcher:
+    options = dict(max_batch_images=8, max_wait_s=0.05, max_queue_images=64)
+    options.update(kwargs)
+    return Batcher("m", "op", run, ThreadPoolExecutor(1), Metrics(), **options)
+
+
+def rows(start: int, n: int) -> list[torch.Tensor]:
+    return [torch.arange(start, start + n, dtype=torch.float32)]
+
+
+async def test_concurrent_requests_share_a_batch_and_get_their_own_rows():
+    run = Recorder()
+    batcher = make(run)
+    batcher.start()
+    results = await asyncio.gather(*(batcher.submit(rows(10 * i, 2), 5.0) for i in range(4)))
+    for i, r in enumerate(results):
+        assert torch.equal(r.output, torch.arange(10 * i, 10 * i + 2) * 2.0)
+    assert run.sizes == [8]  # four requests of 2 images closed one full batch
+    await batcher.close()
+
+
+async def test_a_lone_request_waits_at_most_max_wait():
+    run = Recorder()
+    batcher = make(run, max_wait_s=0.02)
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    result = await batcher.submit(rows(0, 1), 5.0)
+    assert loop.time() - t0 < 0.5 and 0.015 <= result.queue_s < 0.5
+    await batcher.close()
+
+
+async def test_requests_larger_than_a_batch_are_split_and_reassembled_in_order():
+    run = Recorder()
+    batcher = make(run, max_batch_images=4)
+    batcher.start()
+    result = await batcher.submit(rows(0, 11), 5.0)
+    assert torch.equal(result.output, torch.arange(11) * 2.0)
+    assert sorted(run.sizes) == [3, 4, 4]
+    await batcher.close()
+
+
+async def test_a_full_queue_rejects_the_whole_request_fast():
+    run = Recorder(delay=0.2)
+    batcher = make(run, max_batch_images=4, max_queue_images=8, overload_status=429, retry_after_s=3)
+    batcher.start()
+    first = asyncio.ensure_future(batcher.submit(rows(0, 4), 5.0))
+    await asyncio.sleep(0.1)  # first batch is running; the queue is empty again
+    queued = asyncio.ensure_future(batcher.submit(rows(0, 8), 5.0))
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded) as info:
+        await batcher.submit(rows(0, 1), 5.0)
+    assert info.value.status == 429 and info.value.headers["Retry-After"] == "3"
+    assert torch.equal((await queued).output, torch.arange(8) * 2.0)  # accepted work is answered
+    await first
+    await batcher.close()
+
+
+async def test_expired_requests_are_dropped_before_compute():
+    run = Recorder(delay=0.3)
+    batcher = make(run, max_batch_images=1, max_wait_s=0)
+    batcher.start()
+    slow = asyncio.ensure_future(batcher.submit(rows(0, 1), 5.0))
+    await asyncio.sleep(0.05)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(rows(100, 1), 0.1)
+    await slow
+    assert run.sizes == [1]  # the expired request never ran
+    await batcher.close()
+
+
+async def test_cancelled_requests_never_reach_the_model():
+    run = Recorder(delay=0.2)
+    batcher = make(run, max_batch_images=1, max_wait_s=0)
+    batcher.start()
+    busy = asyncio.ensure_future(batcher.submit(rows(0, 1), 5.0))
+    await asyncio.sleep(0.05)
+    gone = asyncio.ensure_future(batcher.submit(rows(50, 1), 5.0))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    await busy
+    await batcher.close()
+    assert run.sizes == [1]
+
+
+async def test_a_failing_batch_fails_every_request_in_it_and_the_batcher_keeps_serving():
+    run = Recorder(fail=True)
+    batcher = make(run)
+    batcher.start()
+    outcomes = await asyncio.gather(*(batcher.submit(rows(i, 2), 5.0) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(o, BatchFailed) for o in outcomes)
+    run.fail = False
+    assert torch.equal((await batcher.submit(rows(0, 2), 5.0)).output, torch.tensor([0.0, 2.0]))
+    await batcher.close()
+
+
+async def test_out_of_memory_halves_the_batch_and_retries():
+    run = Recorder(oom_above=2)
+    batcher = make(run)
+    batcher.start()
+    result = await batcher.submit(rows(0, 8), 5.0)
+    assert torch.equal(result.output, torch.arange(8) * 2.0)
+    assert run.sizes == [2, 2, 2, 2]
+    await batcher.close()
+
+
+async def test_close_finishes_queued_work_then_refuses_new_work():
+    run = Recorder(delay=0.05)
+    batcher = make(run, max_batch_images=2, max_wait_s=0)
+    batcher.start()
+    pending = [asyncio.ensure_future(batcher.submit(rows(i, 2), 5.0)) for i in range(5)]
+    await asyncio.sleep(0)
+    await batcher.close()
+    results = await asyncio.wait_for(asyncio.gather(*pending), 1.0)
+    assert [r.output.tolist() for r in results] == [[2.0 * i, 2.0 * i + 2] for i in range(5)]
+    with pytest.raises(NotReady):
+        await batcher.submit(rows(0, 1), 5.0)
