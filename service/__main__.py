@@ -17,10 +17,23 @@ from .app import create_app
 from .settings import Settings
 
 _OPTIONS = {
-    "host": str, "port": int, "models": str, "default_model": str, "device": str, "backend": str,
-    "max_batch_images": int, "max_wait_ms": float, "max_queue_images": int, "overload_status": int,
-    "request_timeout_s": float, "max_samples_per_request": int, "max_images_per_request": int,
-    "max_body_bytes": int, "api_key": str, "torch_threads": int, "log_level": str,
+    "host": str,
+    "port": int,
+    "models": str,
+    "default_model": str,
+    "device": str,
+    "backend": str,
+    "max_batch_images": int,
+    "max_wait_ms": float,
+    "max_queue_images": int,
+    "overload_status": int,
+    "request_timeout_s": float,
+    "max_samples_per_request": int,
+    "max_images_per_request": int,
+    "max_body_bytes": int,
+    "api_key": str,
+    "torch_threads": int,
+    "log_level": str,
 }
 
 
@@ -50,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     app = create_app(settings)
     config = uvicorn.Config(
         app,

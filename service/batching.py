@@ -89,7 +89,9 @@ class Batcher:
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.model}-{self.op}")
+            self._task = asyncio.get_running_loop().create_task(
+                self._loop(), name=f"batcher-{self.model}-{self.op}"
+            )
 
     async def close(self) -> None:
         """Stop accepting, finish everything already queued, then stop the worker."""
@@ -122,7 +124,12 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         works = [
-            _Work([t[start : start + self.max_batch_images] for t in inputs], loop.create_future(), now, now + timeout_s)
+            _Work(
+                [t[start : start + self.max_batch_images] for t in inputs],
+                loop.create_future(),
+                now,
+                now + timeout_s,
+            )
             for start in range(0, n, self.max_batch_images)
         ]
         self._queue.extend(works)

@@ -1,7 +1,7 @@
 """Python client for the service (httpx, sync and async) and a small CLI.
 
-    python -m service.client sample --n 16 --out grid.png [--model finc-mnist --seed 0 --temperature 0.7]
-    python -m service.client logprob image.png [more.png ...]
+python -m service.client sample --n 16 --out grid.png [--model finc-mnist --seed 0 --temperature 0.7]
+python -m service.client logprob image.png [more.png ...]
 """
 
 from __future__ import annotations

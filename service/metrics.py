@@ -18,24 +18,43 @@ class Metrics:
             "flows_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
         )
         self.latency = Histogram(
-            "flows_request_latency_seconds", "HTTP request latency", ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r
+            "flows_request_latency_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
-            "flows_queue_wait_seconds", "time a request waited for its batch", ["model", "op"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "flows_queue_wait_seconds",
+            "time a request waited for its batch",
+            ["model", "op"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.inference = Histogram(
-            "flows_inference_seconds", "time of one batch's inference", ["model", "op"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "flows_inference_seconds",
+            "time of one batch's inference",
+            ["model", "op"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_images = Histogram(
-            "flows_batch_images", "images per executed batch", ["model", "op"], buckets=_BATCH_BUCKETS, registry=r
+            "flows_batch_images",
+            "images per executed batch",
+            ["model", "op"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
         )
         self.batch_requests = Histogram(
-            "flows_batch_requests", "requests (or request chunks) per executed batch", ["model", "op"],
-            buckets=_BATCH_BUCKETS, registry=r,
+            "flows_batch_requests",
+            "requests (or request chunks) per executed batch",
+            ["model", "op"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
         )
-        self.queue_depth = Gauge("flows_queue_images", "images waiting in the queue", ["model", "op"], registry=r)
+        self.queue_depth = Gauge(
+            "flows_queue_images", "images waiting in the queue", ["model", "op"], registry=r
+        )
         self.rejections = Counter(
             "flows_rejections", "requests rejected or dropped, by reason", ["reason"], registry=r
         )

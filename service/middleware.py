@@ -17,7 +17,16 @@ __all__ = ["RequestContextMiddleware", "endpoint_label"]
 
 log = logging.getLogger("service.access")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-_KNOWN = {"/sample", "/logprob", "/models", "/health/live", "/health/ready", "/metrics", "/docs", "/openapi.json"}
+_KNOWN = {
+    "/sample",
+    "/logprob",
+    "/models",
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/docs",
+    "/openapi.json",
+}
 
 
 def endpoint_label(path: str) -> str:
@@ -105,13 +114,18 @@ class RequestContextMiddleware:
 
     async def _reject_too_large(self, send: Send, request_id: str) -> None:
         body = json.dumps(
-            error_body(413, "payload_too_large", f"request body exceeds {self.max_body_bytes} bytes", request_id)
+            error_body(
+                413, "payload_too_large", f"request body exceeds {self.max_body_bytes} bytes", request_id
+            )
         ).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})

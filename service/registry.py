@@ -47,11 +47,20 @@ class ModelRegistry:
             entries[model.name] = ServedEntry(
                 model,
                 Batcher(model.name, "sample", model.decode, executor, metrics, **common),
-                Batcher(model.name, "logprob", lambda xs, m=model: m.score(xs[0]), executor, metrics, **common),
+                Batcher(
+                    model.name, "logprob", lambda xs, m=model: m.score(xs[0]), executor, metrics, **common
+                ),
             )
-            log.info("loaded %s (%s, %d parameters) on %s", model.name, model.flow.config.arch,
-                     model.flow.num_parameters(), device)
-        default = settings.default_model or (PREFERRED_DEFAULT if PREFERRED_DEFAULT in entries else dirs[0].name)
+            log.info(
+                "loaded %s (%s, %d parameters) on %s",
+                model.name,
+                model.flow.config.arch,
+                model.flow.num_parameters(),
+                device,
+            )
+        default = settings.default_model or (
+            PREFERRED_DEFAULT if PREFERRED_DEFAULT in entries else dirs[0].name
+        )
         if default not in entries:
             raise RuntimeError(f"default model {default!r} is not among {sorted(entries)}")
         return cls(entries, default)

@@ -48,7 +48,9 @@ async def _read_json(request: Request, max_images: int) -> tuple[str | None, lis
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
     if len(body.images) > max_images:
-        raise TooManyImages(f"{len(body.images)} images exceed this server's limit of {max_images} per request")
+        raise TooManyImages(
+            f"{len(body.images)} images exceed this server's limit of {max_images} per request"
+        )
     return body.model, body.images, [f"images[{i}]" for i in range(len(body.images))]
 
 
@@ -92,7 +94,10 @@ async def logprob(request: Request, state: ReadyState, _: Authorized) -> LogProb
     return LogProbResponse(
         model=entry.model.name,
         num_dims=entry.model.num_dims,
-        results=[ImageScore(log_prob=lp, bits_per_dim=b) for lp, b in zip(log_prob.tolist(), bpd.tolist(), strict=True)],
+        results=[
+            ImageScore(log_prob=lp, bits_per_dim=b)
+            for lp, b in zip(log_prob.tolist(), bpd.tolist(), strict=True)
+        ],
         timings=Timings(
             queue_ms=round(result.queue_s * 1e3, 3),
             inference_ms=round(result.inference_s * 1e3, 3),

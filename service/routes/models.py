@@ -14,7 +14,8 @@ router = APIRouter(prefix="/models", tags=["models"])
 async def list_models(state: ReadyState, _: Authorized) -> ModelList:
     registry = state.registry
     models = [
-        ModelInfo(**e.model.info(), default=name == registry.default) for name, e in sorted(registry.entries.items())
+        ModelInfo(**e.model.info(), default=name == registry.default)
+        for name, e in sorted(registry.entries.items())
     ]
     return ModelList(default=registry.default, models=models)
 

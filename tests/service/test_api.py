@@ -124,9 +124,15 @@ def test_health_metrics_and_docs(client):
     assert client.get("/health/ready").json()["status"] == "ready"
     client.post("/sample", json={"num_samples": 1})
     text = client.get("/metrics").text
-    for name in ("flows_requests_total", "flows_request_latency_seconds", "flows_queue_wait_seconds",
-                 "flows_inference_seconds", "flows_batch_images", "flows_queue_images",
-                 "flows_images_generated_total"):
+    for name in (
+        "flows_requests_total",
+        "flows_request_latency_seconds",
+        "flows_queue_wait_seconds",
+        "flows_inference_seconds",
+        "flows_batch_images",
+        "flows_queue_images",
+        "flows_images_generated_total",
+    ):
         assert name in text
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
@@ -170,22 +176,45 @@ def _bad_images(digits):
     nan[3, 3] = np.nan
     good = png(digits[0])
     return [
-        ("wrong_shape", [("files", ("a.png", png(torch.zeros(1, 20, 28, dtype=torch.uint8)), "image/png"))],
-         "expected shape (1, 28, 28)"),
+        (
+            "wrong_shape",
+            [("files", ("a.png", png(torch.zeros(1, 20, 28, dtype=torch.uint8)), "image/png"))],
+            "expected shape (1, 28, 28)",
+        ),
         ("wrong_channels", [("files", ("rgb.png", rgb.getvalue(), "image/png"))], "expected 1 channel"),
-        ("truncated_png", [("files", ("ok.png", good, "image/png")), ("files", ("cut.png", good[:40], "image/png"))],
-         "file 1 (cut.png)"),
+        (
+            "truncated_png",
+            [("files", ("ok.png", good, "image/png")), ("files", ("cut.png", good[:40], "image/png"))],
+            "file 1 (cut.png)",
+        ),
         ("not_an_image", [("files", ("x.png", b"hello world", "image/png"))], "not a readable"),
         ("nan", [("files", ("nan.npy", npy(nan), "application/octet-stream"))], "NaN"),
-        ("out_of_range", [("files", ("big.npy", npy(np.full((28, 28), 300.0)), "application/octet-stream"))],
-         "[0, 255]"),
-        ("fractional", [("files", ("f.npy", npy(np.full((28, 28), 0.5)), "application/octet-stream"))],
-         "integers"),
+        (
+            "out_of_range",
+            [("files", ("big.npy", npy(np.full((28, 28), 300.0)), "application/octet-stream"))],
+            "[0, 255]",
+        ),
+        (
+            "fractional",
+            [("files", ("f.npy", npy(np.full((28, 28), 0.5)), "application/octet-stream"))],
+            "integers",
+        ),
     ]
 
 
-@pytest.mark.parametrize("case", range(7), ids=["wrong_shape", "wrong_channels", "truncated_png", "not_an_image",
-                                                "nan", "out_of_range", "fractional"])
+@pytest.mark.parametrize(
+    "case",
+    range(7),
+    ids=[
+        "wrong_shape",
+        "wrong_channels",
+        "truncated_png",
+        "not_an_image",
+        "nan",
+        "out_of_range",
+        "fractional",
+    ],
+)
 def test_bad_images_name_the_first_offending_image(client, digits, case):
     _, files, word = _bad_images(digits)[case]
     assert_error(client.post("/logprob", files=files), 422, "invalid_image", word)
@@ -193,13 +222,20 @@ def test_bad_images_name_the_first_offending_image(client, digits, case):
 
 def test_bad_logprob_json_bodies(client):
     assert_error(client.post("/logprob", json={"images": []}), 422, "invalid_request", "images")
-    assert_error(client.post("/logprob", json={"images": ["@@@"]}), 422, "invalid_image", "images[0]", "base64")
+    assert_error(
+        client.post("/logprob", json={"images": ["@@@"]}), 422, "invalid_image", "images[0]", "base64"
+    )
     ragged = [[0] * 28] * 27 + [[0] * 5]
     assert_error(client.post("/logprob", json={"images": [ragged]}), 422, "invalid_image", "rectangular")
     assert_error(client.post("/logprob", json={"images": [[[0] * 28] * 28] * 257}), 422, "too_many_images")
-    assert_error(client.post("/logprob", content=b"abc", headers={"content-type": "text/plain"}), 415,
-                 "unsupported_media_type")
-    assert_error(client.post("/logprob", data={"model": "finc-mnist"}, files=[]), 415, "unsupported_media_type")
+    assert_error(
+        client.post("/logprob", content=b"abc", headers={"content-type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    )
+    assert_error(
+        client.post("/logprob", data={"model": "finc-mnist"}, files=[]), 415, "unsupported_media_type"
+    )
 
 
 def test_oversize_bodies_are_a_413(client):

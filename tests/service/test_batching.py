@@ -123,7 +123,9 @@ async def test_a_failing_batch_fails_every_request_in_it_and_the_batcher_keeps_s
     run = Recorder(fail=True)
     batcher = make(run)
     batcher.start()
-    outcomes = await asyncio.gather(*(batcher.submit(rows(i, 2), 5.0) for i in range(3)), return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(batcher.submit(rows(i, 2), 5.0) for i in range(3)), return_exceptions=True
+    )
     assert all(isinstance(o, BatchFailed) for o in outcomes)
     run.fail = False
     assert torch.equal((await batcher.submit(rows(0, 2), 5.0)).output, torch.tensor([0.0, 2.0]))

@@ -1,0 +1,189 @@
+"""Under load, against real uvicorn processes: batching, determinism, overload, deadlines, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import signal
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import SHIPPED, RealServer
+
+pytestmark = pytest.mark.skipif(not SHIPPED, reason="no shipped checkpoints")
+
+
+def histogram(metrics_text: str, name: str, op: str) -> dict[str, float]:
+    """Summed samples of a Prometheus histogram for one operation, keyed by suffix and `le`."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if sample.labels.get("op") != op:
+                continue
+            key = sample.name.removeprefix(name) + sample.labels.get("le", "")
+            out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def batches(metrics_text: str, op: str) -> tuple[float, float]:
+    """(batches executed, batches holding exactly one request) so far."""
+    h = histogram(metrics_text, "flows_batch_requests", op)
+    return h.get("_count", 0.0), h.get("_bucket1.0", 0.0)
+
+
+def counter(metrics_text: str, name: str, **labels: str) -> float:
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(metrics_text)
+        for s in f.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+async def test_32_concurrent_requests_all_succeed_and_share_batches(real_server):
+    async with httpx.AsyncClient(base_url=real_server.url, timeout=60) as client:
+        before = batches((await client.get("/metrics")).text, "sample")
+        responses = await asyncio.gather(
+            *(client.post("/sample", json={"num_samples": 2, "seed": i, "format": "npy"}) for i in range(32))
+        )
+        assert [r.status_code for r in responses] == [200] * 32
+        after = batches((await client.get("/metrics")).text, "sample")
+    executed, single = after[0] - before[0], after[1] - before[1]
+    assert executed < 32 and single < executed  # some batches held more than one request
+
+
+async def test_seeded_samples_do_not_depend_on_what_they_are_batched_with(real_server):
+    body = {"num_samples": 3, "seed": 1234, "temperature": 0.8, "format": "npy"}
+    async with httpx.AsyncClient(base_url=real_server.url, timeout=60) as client:
+        alone = (await client.post("/sample", json=body)).json()["npy"]
+        crowd = [
+            client.post("/sample", json={**body, "seed": s, "num_samples": 1 + s % 5}) for s in range(12)
+        ]
+        responses = await asyncio.gather(*crowd[:6], client.post("/sample", json=body), *crowd[6:])
+    assert all(r.status_code == 200 for r in responses)
+    assert responses[6].json()["npy"] == alone
+    assert base64.b64decode(alone)[:6] == b"\x93NUMPY"
+
+
+async def test_overload_answers_503_with_retry_after_and_every_accepted_request_completes():
+    server = RealServer(
+        "--max-batch-images", "4", "--max-queue-images", "8", "--max-wait-ms", "2"
+    ).wait_ready()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            responses = await asyncio.gather(
+                *(client.post("/sample", json={"num_samples": 4, "seed": i}) for i in range(48))
+            )
+            statuses = [r.status_code for r in responses]
+            assert set(statuses) <= {200, 503} and statuses.count(503) > 0 and statuses.count(200) >= 2
+            for r in responses:
+                if r.status_code == 503:
+                    assert r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "overloaded"
+                else:
+                    assert len(r.json()["images"]) == 4
+            metrics = (await client.get("/metrics")).text
+            assert counter(metrics, "flows_rejections_total", reason="queue_full") == statuses.count(503)
+            assert (await client.post("/sample", json={"num_samples": 4})).status_code == 200
+    finally:
+        server.stop()
+
+
+async def test_overload_status_can_be_429():
+    server = RealServer(
+        "--max-batch-images", "2", "--max-queue-images", "2", "--overload-status", "429"
+    ).wait_ready()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            responses = await asyncio.gather(
+                *(client.post("/sample", json={"num_samples": 2}) for _ in range(32))
+            )
+        assert {r.status_code for r in responses} == {200, 429}
+    finally:
+        server.stop()
+
+
+async def test_requests_past_their_deadline_get_504_and_the_server_recovers():
+    server = RealServer(
+        "--max-batch-images", "64", "--request-timeout-s", "0.05", "--max-wait-ms", "1"
+    ).wait_ready()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            responses = await asyncio.gather(
+                *(
+                    client.post(
+                        "/sample",
+                        json={
+                            "num_samples": 64,
+                            "model": "inverse-flow-mnist" if "inverse-flow-mnist" in SHIPPED else None,
+                        },
+                    )
+                    for _ in range(6)
+                )
+            )
+            codes = [r.status_code for r in responses]
+            assert 504 in codes and set(codes) <= {200, 504}
+            assert all(
+                r.json()["error"]["code"] == "deadline_exceeded" for r in responses if r.status_code == 504
+            )
+            assert (await client.get("/health/ready")).status_code == 200
+    finally:
+        server.stop()
+
+
+async def test_sigterm_stops_readiness_and_drains_accepted_requests():
+    server = RealServer("--max-batch-images", "8").wait_ready()
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        inflight = [
+            asyncio.ensure_future(client.post("/sample", json={"num_samples": 64, "seed": i}))
+            for i in range(6)
+        ]
+        await asyncio.sleep(0.3)
+        server.proc.send_signal(signal.SIGTERM)
+        responses = await asyncio.gather(*inflight)
+    assert [r.status_code for r in responses] == [200] * 6
+    assert all(len(r.json()["images"]) == 64 for r in responses)
+    deadline = time.monotonic() + 30
+    while server.proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert server.stop() in (0, -signal.SIGTERM)
+    assert "drained and stopped" in server.final_output
+
+
+async def test_api_key_guards_inference_but_not_health_or_metrics():
+    server = RealServer(env={"FLOWS_API_KEY": "s3cret"}).wait_ready()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            denied = await client.post("/sample", json={"num_samples": 1})
+            assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
+            assert (await client.get("/models", headers={"X-API-Key": "wrong"})).status_code == 401
+            ok = await client.post("/sample", json={"num_samples": 1}, headers={"X-API-Key": "s3cret"})
+            assert ok.status_code == 200
+            assert (await client.get("/health/ready")).status_code == 200
+            assert (await client.get("/metrics")).status_code == 200
+    finally:
+        server.stop()
+
+
+async def test_a_client_that_disconnects_has_its_queued_work_cancelled():
+    server = RealServer("--max-batch-images", "8", "--max-wait-ms", "1").wait_ready()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            busy = asyncio.ensure_future(client.post("/sample", json={"num_samples": 128}))
+            await asyncio.sleep(0.2)
+            with pytest.raises(httpx.TimeoutException):
+                await client.post("/sample", json={"num_samples": 128}, timeout=0.2)
+            assert (await busy).status_code == 200
+            await asyncio.sleep(0.5)
+            metrics = (await client.get("/metrics")).text
+        assert counter(metrics, "flows_rejections_total", reason="cancelled") > 0
+        # Chunks of the abandoned request that were still queued never ran: fewer than 2 × 128 images computed.
+        computed = histogram(metrics, "flows_batch_images", "sample")["_sum"]
+        assert computed < 256
+    finally:
+        server.stop()
