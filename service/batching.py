@@ -23,7 +23,7 @@ import torch
 from .errors import DeadlineExceeded, NotReady, Overloaded, ServiceError
 from .metrics import Metrics
 
-__all__ = ["BatchFailed", "Batcher", "BatchResult"]
+__all__ = ["BatchFailed", "BatchResult", "Batcher"]
 
 log = logging.getLogger("service.batching")
 

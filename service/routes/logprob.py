@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from ..errors import BadRequest, ServiceError, TooManyImages
@@ -82,7 +82,8 @@ async def logprob(request: Request, state: ReadyState, _: Authorized) -> LogProb
         model_name, items, labels = await _read_multipart(request, settings.max_images_per_request)
     else:
         raise UnsupportedMediaType(
-            f"content type {content_type or '(none)'!r} is not supported: use application/json or multipart/form-data"
+            f"content type {content_type or '(none)'!r} is not supported: "
+            "use application/json or multipart/form-data"
         )
     entry = state.registry.get(model_name)
     images = images_to_tensor(items, entry.model.image_shape, labels)

@@ -57,7 +57,8 @@ async def sample(body: SampleRequest, request: Request, state: ReadyState, _: Au
     entry = state.registry.get(body.model)
     if body.num_samples > settings.max_samples_per_request:
         raise TooManyImages(
-            f"num_samples {body.num_samples} exceeds this server's limit of {settings.max_samples_per_request}"
+            f"num_samples {body.num_samples} exceeds this server's limit "
+            f"of {settings.max_samples_per_request}"
         )
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     latents = entry.model.draw_latents(body.num_samples, body.temperature, seed)

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from service.batching import BatchFailed, Batcher
+from service.batching import Batcher, BatchFailed
 from service.errors import DeadlineExceeded, NotReady, Overloaded
 from service.metrics import Metrics
 

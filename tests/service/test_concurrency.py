@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 import signal
 import time
 
@@ -182,7 +181,7 @@ async def test_a_client_that_disconnects_has_its_queued_work_cancelled():
             await asyncio.sleep(0.5)
             metrics = (await client.get("/metrics")).text
         assert counter(metrics, "flows_rejections_total", reason="cancelled") > 0
-        # Chunks of the abandoned request that were still queued never ran: fewer than 2 × 128 images computed.
+        # Chunks of the abandoned request still queued never ran: fewer than 2 × 128 images computed.
         computed = histogram(metrics, "flows_batch_images", "sample")["_sum"]
         assert computed < 256
     finally:
