@@ -16,6 +16,9 @@ import torch.nn.functional as F
 
 __all__ = [
     "centre_tap",
+    "check_shapes",
+    "fold_centre",
+    "transpose_groups",
     "tl_conv2d",
     "tl_conv2d_solve",
     "tl_conv2d_solve_transposed",
@@ -23,7 +26,8 @@ __all__ = [
 ]
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, groups: int) -> tuple[int, int]:
+def check_shapes(x: torch.Tensor, weight: torch.Tensor, groups: int) -> tuple[int, int]:
+    """Validate `(B, C, H, W)` against a `(C, C/groups, k, k)` weight; returns `(C/groups, k)`."""
     if x.dim() != 4:
         raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
     if weight.dim() != 4 or weight.shape[-1] != weight.shape[-2]:
@@ -43,8 +47,30 @@ def centre_tap(weight: torch.Tensor, groups: int) -> torch.Tensor:
 
 def tl_conv2d(x: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """`A x`: zero-pad `k-1` on the top and left only, then an unpadded conv2d (differentiable)."""
-    _, k = _check(x, weight, groups)
+    _, k = check_shapes(x, weight, groups)
     return F.conv2d(F.pad(x, (k - 1, 0, k - 1, 0)), weight, groups=groups)
+
+
+def fold_centre(weight: torch.Tensor, groups: int, lower: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold the centre tap's inverse into the other taps: `A x = y` becomes `x_p = D⁻¹y_p - Σ M_tap x_nbr`.
+
+    Returns `D⁻¹` `(g, Cg, Cg)` (D = the centre tap, lower or upper triangular per group) and
+    `M = D⁻¹ W` with a zero centre tap, `(g, Cg_out, Cg_in, k, k)`. Every backend solves with these.
+    """
+    g, cg, k = groups, weight.shape[1], weight.shape[-1]
+    diag = centre_tap(weight, g)
+    diag = torch.tril(diag) if lower else torch.triu(diag)
+    eye = torch.eye(cg, dtype=weight.dtype, device=weight.device).expand(g, cg, cg)
+    d_inv = torch.linalg.solve_triangular(diag, eye, upper=not lower)
+    taps = weight.reshape(g, cg, cg, k, k).clone()
+    taps[:, :, :, k - 1, k - 1] = 0
+    return d_inv, torch.einsum("gij,gjcab->gicab", d_inv, taps)
+
+
+def transpose_groups(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """Swap input and output channels within each group (the weight of `Aᵀ` in flipped coordinates)."""
+    k, cg = weight.shape[-1], weight.shape[1]
+    return weight.reshape(groups, cg, cg, k, k).transpose(1, 2).reshape_as(weight)
 
 
 def tl_conv2d_weight_grad(
@@ -59,20 +85,13 @@ def tl_conv2d_weight_grad(
 
 def _wavefront(rhs: torch.Tensor, weight: torch.Tensor, groups: int, lower: bool) -> torch.Tensor:
     """Solve `A x = rhs` for a TL conv `A` whose centre tap is lower (or upper) triangular per group."""
-    cg, k = _check(rhs, weight, groups)
+    cg, k = check_shapes(rhs, weight, groups)
     b, c, h, w = rhs.shape
     g = groups
     dtype, device = rhs.dtype, rhs.device
 
-    # Fold the centre tap's inverse into everything: x_p = D⁻¹ rhs_p - Σ_{taps ≠ centre} (D⁻¹ W_tap) x_nbr.
-    diag = centre_tap(weight, g)
-    diag = torch.tril(diag) if lower else torch.triu(diag)
-    eye = torch.eye(cg, dtype=dtype, device=device).expand(g, cg, cg)
-    d_inv = torch.linalg.solve_triangular(diag, eye, upper=not lower)  # (g, cg, cg)
-    taps = weight.reshape(g, cg, cg, k, k).clone()
-    taps[:, :, :, k - 1, k - 1] = 0
-    m = torch.einsum("gij,gjcab->gabci", d_inv, taps)  # (g, k, k, cg_in, cg_out)
-    m = m.reshape(g, k * k * cg, cg)
+    d_inv, m = fold_centre(weight, groups, lower)
+    m = m.permute(0, 3, 4, 2, 1).reshape(g, k * k * cg, cg)  # rows (a, b, c_in), columns c_out
     # Channels-last right-hand side (b, g, h, w, cg), already multiplied by D⁻¹.
     rhs = torch.einsum("gij,bgjhw->bghwi", d_inv, rhs.reshape(b, g, cg, h, w)).contiguous()
 
@@ -114,8 +133,5 @@ def tl_conv2d_solve(y: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> t
 def tl_conv2d_solve_transposed(g: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """`A⁻ᵀ g`. In coordinates flipped in H and W, `Aᵀ` is a TL conv with per-group transposed channels
     and an upper-triangular centre tap, so the same wavefront runs there (last diagonal first)."""
-    k = weight.shape[-1]
-    cg = weight.shape[1]
-    wt = weight.reshape(groups, cg, cg, k, k).transpose(1, 2).reshape_as(weight)
     flipped = torch.flip(g, dims=(2, 3))
-    return torch.flip(_wavefront(flipped, wt, groups, lower=False), dims=(2, 3))
+    return torch.flip(_wavefront(flipped, transpose_groups(weight, groups), groups, lower=False), dims=(2, 3))
