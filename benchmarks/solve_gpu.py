@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import print_table, write_results  # noqa: E402
-from kernels_cuda import cuda_backend, reference  # noqa: E402
-from kernels_cuda.build import compile_library  # noqa: E402
+from benchmarks.common import print_table, write_results
+from kernels_cuda import cuda_backend, reference
+from kernels_cuda.build import compile_library
 
 SHAPES = [(8, 14, 14), (16, 7, 7), (12, 16, 16), (24, 8, 8), (48, 16, 16)]
 BATCHES = [1, 16, 100, 256]

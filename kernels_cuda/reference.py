@@ -18,11 +18,11 @@ __all__ = [
     "centre_tap",
     "check_shapes",
     "fold_centre",
-    "transpose_groups",
     "tl_conv2d",
     "tl_conv2d_solve",
     "tl_conv2d_solve_transposed",
     "tl_conv2d_weight_grad",
+    "transpose_groups",
 ]
 
 
