@@ -15,7 +15,7 @@ from torch import nn
 
 from .architectures import STEP_BUILDERS
 from .config import FlowConfig
-from .layers import LogitTransform, Split, Squeeze, dequantize
+from .layers import InvConv1x1, LogitTransform, Split, Squeeze, dequantize
 from .layers.preprocess import Dequantization
 
 __all__ = ["MultiScaleFlow", "build_flow"]
@@ -141,6 +141,13 @@ class MultiScaleFlow(nn.Module):
     ) -> torch.Tensor:
         """`n` images as `uint8` of shape `(n, C, H, W)`."""
         return self.to_uint8(self.decode(self.sample_latents(n, temperature, generator)))
+
+    def freeze(self, frozen: bool = True) -> MultiScaleFlow:
+        """Cache weight-only computations (1×1 inverses) for inference and export; `False` undoes it."""
+        for module in self.modules():
+            if isinstance(module, InvConv1x1):
+                module.freeze(frozen)
+        return self
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -38,6 +38,12 @@ def conv_subnet(hidden: int) -> SubnetFactory:
     return make
 
 
+def _log_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """`log σ(x) = -(max(-x, 0) + log1p(exp(-|x|)))`, spelled out so that it stays finite in every runtime
+    (ONNX exports `logsigmoid` as `log(sigmoid(x))`, which underflows to -inf for very unlikely inputs)."""
+    return -(torch.relu(-x) + torch.log1p(torch.exp(-x.abs())))
+
+
 class AffineCoupling(FlowLayer):
     """`y_b = (x_b + t(x_a)) · σ(s(x_a) + 2)`, `y_a = x_a`; `logdet = Σ log σ(s(x_a) + 2)`.
 
@@ -52,18 +58,18 @@ class AffineCoupling(FlowLayer):
         factory = subnet or conv_subnet(hidden)
         self.net = factory(self.split, 2 * (channels - self.split))
 
-    def _shift_scale(self, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _shift_log_scale(self, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.net(xa)
         shift, raw = h[:, 0::2], h[:, 1::2]
-        return shift, torch.sigmoid(raw + 2.0)
+        return shift, _log_sigmoid(raw + 2.0)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xa, xb = x[:, : self.split], x[:, self.split :]
-        shift, scale = self._shift_scale(xa)
-        yb = (xb + shift) * scale
-        return torch.cat([xa, yb], dim=1), torch.log(scale).flatten(1).sum(1)
+        shift, log_scale = self._shift_log_scale(xa)
+        yb = (xb + shift) * torch.exp(log_scale)
+        return torch.cat([xa, yb], dim=1), log_scale.flatten(1).sum(1)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         ya, yb = y[:, : self.split], y[:, self.split :]
-        shift, scale = self._shift_scale(ya)
-        return torch.cat([ya, yb / scale - shift], dim=1)
+        shift, log_scale = self._shift_log_scale(ya)
+        return torch.cat([ya, yb * torch.exp(-log_scale) - shift], dim=1)

@@ -28,6 +28,7 @@ class InvConv1x1(FlowLayer):
         self.lower = nn.Parameter(lower.float())
         self.upper = nn.Parameter(torch.triu(upper, 1).float())
         self.log_s = nn.Parameter(torch.log(torch.abs(s)).float())
+        self._frozen_inverse: torch.Tensor | None = None
 
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         eye = torch.eye(self.lower.shape[0], dtype=self.lower.dtype, device=self.lower.device)
@@ -46,10 +47,20 @@ class InvConv1x1(FlowLayer):
         logdet = (x.shape[2] * x.shape[3]) * self.log_s.sum()
         return y, logdet.expand(x.shape[0]).to(x.dtype)
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+    def inverse_weight(self) -> torch.Tensor:
+        """`W⁻¹ = U⁻¹ L⁻¹ Pᵀ` from the triangular factors."""
         p, lower, upper = self._factors()
         eye = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)
         l_inv = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
         u_inv = torch.linalg.solve_triangular(upper, eye, upper=True)
-        w_inv = u_inv @ l_inv @ p.T
-        return F.conv2d(y, w_inv[:, :, None, None])
+        return u_inv @ l_inv @ p.T
+
+    def freeze(self, frozen: bool = True) -> None:
+        """Cache `W⁻¹` for inference and export (a plain tensor, no triangular solve in the graph).
+        Call `freeze(False)` before changing the parameters again."""
+        with torch.no_grad():
+            self._frozen_inverse = self.inverse_weight().detach() if frozen else None
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        w_inv = self._frozen_inverse if self._frozen_inverse is not None else self.inverse_weight()
+        return F.conv2d(y, w_inv.to(device=y.device, dtype=y.dtype)[:, :, None, None])

@@ -1,0 +1,210 @@
+"""Export a checkpoint's convolution-only passes to ONNX: `python -m model.export CHECKPOINT [--out DIR]`.
+
+Which passes need no triangular solve (docs/math.md):
+- `score` (image → log-prob): Glow and FInC Flow (the FInC forward is a masked conv);
+- `sample` (latents, temperature → pixels): Glow and Inverse-Flow (the inverse of an inverse conv is a conv).
+FInC sampling and Inverse-Flow scoring need the wavefront solve and stay on torch.
+
+Every graph is checked against torch on random and real inputs; the export fails if a tolerance is
+missed. Files: `DIR/score.onnx`, `DIR/sample.onnx`, `DIR/manifest.json` (default DIR: CHECKPOINT/onnx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import load_flow, read_config
+from .flow import MultiScaleFlow
+
+__all__ = [
+    "EXPORTABLE",
+    "OPSET",
+    "SCORE_TOLERANCE_BPD",
+    "SCORE_TOLERANCE_RELATIVE",
+    "SAMPLE_TOLERANCE_PIXELS",
+    "ScorePass",
+    "SamplePass",
+    "export_checkpoint",
+]
+
+log = logging.getLogger("model.export")
+OPSET = 18
+EXPORTABLE: dict[str, tuple[str, ...]] = {
+    "glow": ("score", "sample"),
+    "finc": ("score",),
+    "inverse_flow": ("sample",),
+}
+# float32 graphs reorder sums: ~1e-6 relative error in log p. On real images that is ~1e-4 bits/dim;
+# random noise images have |log p| ~1e6 nats, so they are held to a relative bound instead.
+SCORE_TOLERANCE_BPD = 1e-3
+SCORE_TOLERANCE_RELATIVE = 1e-5
+SAMPLE_TOLERANCE_PIXELS = 0.05  # continuous pixel values in [0, 256); one 8-bit level is 1.0
+
+
+class ScorePass(nn.Module):
+    """Images `(B, C, H, W)` float pixels in [0, 255] → log-probabilities `(B,)`, nats."""
+
+    def __init__(self, flow: MultiScaleFlow):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.flow.log_prob(images)
+
+
+class SamplePass(nn.Module):
+    """Standard normal latents (one per level) and a temperature `(1,)` → continuous pixels in [0, 256)."""
+
+    def __init__(self, flow: MultiScaleFlow):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, temperature: torch.Tensor, *latents: torch.Tensor) -> torch.Tensor:
+        return self.flow.decode([z * temperature for z in latents])
+
+
+def _export(module: nn.Module, args: tuple, names: list[str], output: str, path: Path) -> None:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    # Positional structure: (images,) for scoring, (temperature, (z0, z1, ...)) for sampling.
+    dynamic = ({0: batch},) if len(args) == 1 else (None, tuple({0: batch} for _ in args[1:]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=names,
+            output_names=[output],
+            dynamic_shapes=dynamic,
+            verbose=False,
+        )
+        program.save(str(path))
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _check_score(flow: MultiScaleFlow, path: Path, real: torch.Tensor | None) -> dict[str, float]:
+    sess = _session(path)
+    gen = torch.Generator().manual_seed(0)
+    inputs = {"random": torch.randint(0, 256, (7, *flow.config.image_shape), generator=gen).float()}
+    if real is not None:
+        inputs["real"] = real.float()
+    report = {}
+    for kind, images in inputs.items():
+        got = sess.run(None, {"images": images.numpy()})[0]
+        with torch.inference_mode():
+            want = flow.log_prob(images).numpy()
+        diff_bpd = float(np.abs(got - want).max() / (flow.num_dims * math.log(2)))
+        relative = float((np.abs(got - want) / np.abs(want)).max())
+        report[f"{kind}_max_abs_diff_bits_per_dim"] = diff_bpd
+        report[f"{kind}_max_rel_diff_log_prob"] = relative
+        ok = relative <= SCORE_TOLERANCE_RELATIVE if kind == "random" else diff_bpd <= SCORE_TOLERANCE_BPD
+        if not ok:
+            raise RuntimeError(
+                f"{path.name}: {kind} inputs differ from torch by {diff_bpd:.2e} bits/dim ({relative:.1e} relative)"
+            )
+    return report
+
+
+def _check_sample(flow: MultiScaleFlow, path: Path, temperatures=(1.0, 0.7)) -> dict[str, float]:
+    sess = _session(path)
+    report = {}
+    for t in temperatures:
+        latents = flow.sample_latents(9, 1.0, torch.Generator().manual_seed(1))
+        feed = {"temperature": np.array([t], dtype=np.float32)}
+        feed.update({f"z{i}": z.numpy() for i, z in enumerate(latents)})
+        got = sess.run(None, feed)[0]
+        with torch.inference_mode():
+            want = flow.decode([z * t for z in latents]).numpy()
+        diff = float(np.abs(got - want).max())
+        report[f"T{t}_max_abs_diff_pixels"] = diff
+        if not diff <= SAMPLE_TOLERANCE_PIXELS:
+            raise RuntimeError(f"{path.name}: temperature {t} samples differ by {diff:.3g} pixel levels")
+    return report
+
+
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path | None = None, real: torch.Tensor | None = None
+) -> dict:
+    """Export and verify every convolution-only pass; returns (and writes) the manifest."""
+    checkpoint = Path(checkpoint)
+    out = Path(out) if out else checkpoint / "onnx"
+    out.mkdir(parents=True, exist_ok=True)
+    flow = load_flow(checkpoint).float().eval().freeze()
+    arch = flow.config.arch
+    manifest: dict[str, Any] = {
+        "checkpoint": checkpoint.name,
+        "architecture": arch,
+        "opset": OPSET,
+        "torch": torch.__version__,
+        "image_shape": list(flow.config.image_shape),
+        "latent_shapes": [list(s) for s in flow.latent_shapes()],
+        "passes": {},
+    }
+    for name in EXPORTABLE[arch]:
+        path = out / f"{name}.onnx"
+        started = time.perf_counter()
+        log.info("exporting %s/%s ...", checkpoint.name, name)
+        if name == "score":
+            example = torch.randint(0, 256, (2, *flow.config.image_shape)).float()
+            _export(ScorePass(flow), (example,), ["images"], "log_prob", path)
+            check = _check_score(flow, path, real)
+            io = {"inputs": {"images": "float32 (B, C, H, W) pixels in [0, 255]"}, "output": "log_prob (B,)"}
+        else:
+            latents = flow.sample_latents(2, 1.0, torch.Generator().manual_seed(0))
+            names = ["temperature"] + [f"z{i}" for i in range(len(latents))]
+            _export(SamplePass(flow), (torch.ones(1), *latents), names, "pixels", path)
+            check = _check_sample(flow, path)
+            io = {
+                "inputs": {
+                    "temperature": "float32 (1,)",
+                    **{n: "float32 (B, ...) standard normal" for n in names[1:]},
+                },
+                "output": "pixels: float32 (B, C, H, W) in [0, 256); floor and clamp to get uint8",
+            }
+        manifest["passes"][name] = {"file": path.name, **io, "check": check}
+        log.info("%s/%s: %.1fs, %s", checkpoint.name, name, time.perf_counter() - started, check)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m model.export", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", nargs="+")
+    p.add_argument("--out", default=None, help="output folder (one checkpoint only; default CHECKPOINT/onnx)")
+    p.add_argument("--real-images", type=int, default=64, help="real test images to check scoring on")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.out and len(args.checkpoint) > 1:
+        p.error("--out needs a single checkpoint")
+    for ckpt in args.checkpoint:
+        dataset = read_config(ckpt)["training"].get("dataset")
+        real = None
+        if dataset and args.real_images:
+            from .data import load_dataset
+
+            real = load_dataset(dataset).test[: args.real_images]
+        manifest = export_checkpoint(ckpt, args.out, real)
+        print(json.dumps({k: manifest[k] for k in ("checkpoint", "architecture", "passes")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
