@@ -31,11 +31,11 @@ from .flow import MultiScaleFlow
 __all__ = [
     "EXPORTABLE",
     "OPSET",
+    "SAMPLE_TOLERANCE_PIXELS",
     "SCORE_TOLERANCE_BPD",
     "SCORE_TOLERANCE_RELATIVE",
-    "SAMPLE_TOLERANCE_PIXELS",
-    "ScorePass",
     "SamplePass",
+    "ScorePass",
     "export_checkpoint",
 ]
 
@@ -118,7 +118,8 @@ def _check_score(flow: MultiScaleFlow, path: Path, real: torch.Tensor | None) ->
         ok = relative <= SCORE_TOLERANCE_RELATIVE if kind == "random" else diff_bpd <= SCORE_TOLERANCE_BPD
         if not ok:
             raise RuntimeError(
-                f"{path.name}: {kind} inputs differ from torch by {diff_bpd:.2e} bits/dim ({relative:.1e} relative)"
+                f"{path.name}: {kind} inputs differ from torch by {diff_bpd:.2e} bits/dim "
+                f"({relative:.1e} relative)"
             )
     return report
 

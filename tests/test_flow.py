@@ -185,7 +185,9 @@ def test_shipped_checkpoint_loads_and_matches_its_reported_bits_per_dim(checkpoi
     flow = load_flow(checkpoint)
     training = read_config(checkpoint)["training"]
     data = load_dataset(training["dataset"])
+    # A seeded random subset: the test set's first images are easier than average (by ~0.1 bits/dim).
+    subset = torch.randperm(data.test.shape[0], generator=torch.Generator().manual_seed(0))[:256]
     with torch.inference_mode():
-        bpd = flow.bits_per_dim(data.test[:256]).mean().item()
+        bpd = flow.bits_per_dim(data.test[subset]).mean().item()
     assert abs(bpd - training["test_bits_per_dim"]) < 0.05, (bpd, training["test_bits_per_dim"])
     assert (checkpoint / "model.safetensors").stat().st_size <= 8 * 2**20
