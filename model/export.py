@@ -12,6 +12,7 @@ missed. Files: `DIR/score.onnx`, `DIR/sample.onnx`, `DIR/manifest.json` (default
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_flow, read_config
+from .checkpoint import WEIGHTS_FILE, load_flow, read_config
 from .flow import MultiScaleFlow
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "SamplePass",
     "ScorePass",
     "export_checkpoint",
+    "weights_digest",
 ]
 
 log = logging.getLogger("model.export")
@@ -73,6 +75,11 @@ class SamplePass(nn.Module):
 
     def forward(self, temperature: torch.Tensor, *latents: torch.Tensor) -> torch.Tensor:
         return self.flow.decode([z * temperature for z in latents])
+
+
+def weights_digest(checkpoint: Path) -> str:
+    """SHA-256 of `model.safetensors`: ties exported graphs to the weights they were made from."""
+    return hashlib.sha256((Path(checkpoint) / WEIGHTS_FILE).read_bytes()).hexdigest()
 
 
 def _export(module: nn.Module, args: tuple, names: list[str], output: str, path: Path) -> None:
@@ -157,6 +164,7 @@ def export_checkpoint(
         "torch": torch.__version__,
         "image_shape": list(flow.config.image_shape),
         "latent_shapes": [list(s) for s in flow.latent_shapes()],
+        "weights_sha256": weights_digest(checkpoint),
         "passes": {},
     }
     for name in EXPORTABLE[arch]:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from model import MultiScaleFlow, load_flow, read_config
+
+from .onnx_backend import OnnxPass, load_onnx_passes
 
 __all__ = ["ServedModel", "resolve_device"]
 
@@ -28,16 +34,38 @@ def resolve_device(requested: str) -> torch.device:
 
 @dataclass
 class ServedModel:
+    """`backend` is `torch`, `onnx` (exported passes on onnxruntime, the rest on torch) or `auto`
+    (both measured at warm-up; the faster serves each pass)."""
+
     name: str
     path: Path
     flow: MultiScaleFlow
     config: dict[str, Any]
     device: torch.device
+    backend: str = "torch"
+    onnx: dict[str, OnnxPass] = field(default_factory=dict)
+    use_onnx: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path, device: torch.device) -> ServedModel:
-        flow = load_flow(path, device=device)
-        return cls(path.name, path, flow, read_config(path), device)
+    def load(cls, path: Path, device: torch.device, backend: str = "torch", threads: int = 0) -> ServedModel:
+        flow = load_flow(path, device=device).freeze()
+        onnx: dict[str, OnnxPass] = {}
+        if backend == "onnx":
+            onnx = load_onnx_passes(path, device, threads)
+        elif backend == "auto":
+            try:
+                onnx = load_onnx_passes(path, device, threads)
+            except (ImportError, RuntimeError) as exc:
+                log.warning("%s: onnxruntime unavailable, serving on torch: %s", path.name, exc)
+        if backend == "onnx" and not onnx:
+            log.warning(
+                "%s has no exported ONNX passes (python -m model.export %s): serving on torch",
+                path.name,
+                path,
+            )
+        model = cls(path.name, path, flow, read_config(path), device, backend, onnx)
+        model.use_onnx = {name: True for name in onnx}
+        return model
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -54,12 +82,51 @@ class ServedModel:
         return [torch.randn((n, *s), generator=generator) * temperature for s in shapes]
 
     def decode(self, latents: list[torch.Tensor]) -> torch.Tensor:
-        """Latents (one tensor per level) → `uint8` images on the CPU."""
-        return self.flow.to_uint8(self.flow.decode([z.to(self.device) for z in latents])).cpu()
+        """Latents (one tensor per level, temperature applied) → `uint8` images on the CPU."""
+        if self.use_onnx.get("sample"):
+            feed = {"temperature": np.ones(1, dtype=np.float32)}
+            feed.update({f"z{i}": z.numpy().astype(np.float32, copy=False) for i, z in enumerate(latents)})
+            pixels = torch.from_numpy(self.onnx["sample"].run(feed))
+        else:
+            pixels = self.flow.decode([z.to(self.device) for z in latents])
+        return self.flow.to_uint8(pixels).cpu()
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         """`uint8` images → log-probabilities (nats, float64 on the CPU)."""
+        if self.use_onnx.get("score"):
+            log_prob = self.onnx["score"].run({"images": images.numpy().astype(np.float32)})
+            return torch.from_numpy(log_prob).double()
         return self.flow.log_prob(images.to(self.device)).double().cpu()
+
+    def _choose_backends(self, n: int) -> None:
+        """`auto`: time torch and onnxruntime on a batch of `n` for each exported pass; keep the faster."""
+        images = self.decode(self.draw_latents(n, 1.0, seed=0))
+        latents = self.draw_latents(n, 1.0, seed=1)
+        work: dict[str, Callable[[], object]] = {
+            "sample": lambda: self.decode(latents),
+            "score": lambda: self.score(images),
+        }
+        for name in self.onnx:
+            times = {}
+            for use in (False, True):
+                self.use_onnx[name] = use
+                work[name]()
+                runs = []
+                for _ in range(3):
+                    start = time.perf_counter()
+                    work[name]()
+                    runs.append(time.perf_counter() - start)
+                times[use] = statistics.median(runs)
+            self.use_onnx[name] = times[True] < times[False]
+            log.info(
+                "%s/%s at batch %d: torch %.1f ms, onnxruntime %.1f ms -> %s",
+                self.name,
+                name,
+                n,
+                1e3 * times[False],
+                1e3 * times[True],
+                "onnx" if self.use_onnx[name] else "torch",
+            )
 
     def bits_per_dim(self, log_prob: torch.Tensor) -> torch.Tensor:
         return -log_prob / (self.num_dims * math.log(2))
@@ -67,6 +134,8 @@ class ServedModel:
     def warm_up(self, batch_sizes: list[int]) -> None:
         """Run both passes at every batch size we use, so the first requests pay no first-call costs."""
         with torch.inference_mode():
+            if self.backend == "auto" and self.onnx:
+                self._choose_backends(max(batch_sizes))
             for n in batch_sizes:
                 images = self.decode(self.draw_latents(n, 1.0, seed=0))
                 self.score(images)
@@ -83,5 +152,13 @@ class ServedModel:
             "test_bits_per_dim": training.get("test_bits_per_dim"),
             "dataset": training.get("dataset"),
             "device": str(self.device),
-            "backend": "torch",
+            "backend": {
+                "sample": self._backend_label("sample"),
+                "logprob": self._backend_label("score"),
+            },
         }
+
+    def _backend_label(self, name: str) -> str:
+        if self.use_onnx.get(name):
+            return f"onnxruntime:{self.onnx[name].provider}"
+        return f"torch:{self.device.type}"

@@ -36,7 +36,7 @@ class ModelRegistry:
             raise RuntimeError(f"no checkpoints (directories with config.json) under {settings.models}")
         entries = {}
         for path in dirs:
-            model = ServedModel.load(path, device)
+            model = ServedModel.load(path, device, settings.backend, settings.torch_threads)
             common = dict(
                 max_batch_images=settings.max_batch_images,
                 max_wait_s=settings.max_wait_ms / 1000,

@@ -85,7 +85,7 @@ class ModelInfo(BaseModel):
     test_bits_per_dim: float | None
     dataset: str | None
     device: str
-    backend: str
+    backend: dict[str, str] = Field(description="per operation: torch:<device> or onnxruntime:<provider>")
     default: bool = False
 
 

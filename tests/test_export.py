@@ -1,0 +1,62 @@
+"""ONNX export: which passes export, that they match torch, and that stale graphs are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model import FlowConfig, build_flow, save_flow
+from model.export import EXPORTABLE, export_checkpoint
+from service.onnx_backend import load_onnx_passes
+
+from .helpers import randomise_parameters
+
+
+def tiny_checkpoint(arch: str, path):
+    flow = build_flow(
+        FlowConfig(arch=arch, image_shape=(1, 8, 8), levels=2, steps=1, hidden=8, kernel_size=3)
+    )
+    flow.train()
+    flow.log_prob(torch.randint(0, 256, (8, 1, 8, 8)))
+    randomise_parameters(flow, std=0.02)
+    save_flow(flow.eval(), path, {"dataset": "none"})
+    return flow
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["glow", "finc", "inverse_flow"])
+def test_convolution_only_passes_export_and_match_torch(arch, tmp_path):
+    flow = tiny_checkpoint(arch, tmp_path / arch)
+    real = torch.randint(0, 256, (5, 1, 8, 8), generator=torch.Generator().manual_seed(3))
+    manifest = export_checkpoint(tmp_path / arch, real=real)
+    assert tuple(manifest["passes"]) == EXPORTABLE[arch]
+    passes = load_onnx_passes(tmp_path / arch, torch.device("cpu"))
+    flow.freeze()
+    with torch.inference_mode():
+        if "score" in passes:
+            images = torch.randint(0, 256, (11, 1, 8, 8), generator=torch.Generator().manual_seed(4))
+            got = passes["score"].run({"images": images.numpy().astype(np.float32)})
+            np.testing.assert_allclose(got, flow.log_prob(images).numpy(), rtol=1e-5)
+        if "sample" in passes:
+            latents = flow.sample_latents(13, 0.8, torch.Generator().manual_seed(5))
+            feed = {
+                "temperature": np.ones(1, np.float32),
+                **{f"z{i}": z.numpy() for i, z in enumerate(latents)},
+            }
+            got = passes["sample"].run(feed)
+            np.testing.assert_allclose(got, flow.decode(latents).numpy(), atol=0.05)
+
+
+@pytest.mark.slow
+def test_graphs_from_other_weights_are_refused(tmp_path):
+    tiny_checkpoint("glow", tmp_path / "m")
+    export_checkpoint(tmp_path / "m")
+    tiny_checkpoint("glow", tmp_path / "m")  # same architecture, new weights
+    with pytest.raises(RuntimeError, match="other weights"):
+        load_onnx_passes(tmp_path / "m", torch.device("cpu"))
+
+
+def test_a_checkpoint_without_graphs_has_no_onnx_passes(tmp_path):
+    tiny_checkpoint("finc", tmp_path / "m")
+    assert load_onnx_passes(tmp_path / "m", torch.device("cpu")) == {}
