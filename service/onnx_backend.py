@@ -37,7 +37,8 @@ class OnnxPass:
         available = ort.get_available_providers()
         if device.type == "cuda" and "CUDAExecutionProvider" not in available:
             raise RuntimeError(
-                f"device is cuda but onnxruntime offers only {available}: install onnxruntime-gpu, or use --backend torch"
+                f"device is cuda but onnxruntime offers only {available}: "
+                "install onnxruntime-gpu, or use --backend torch"
             )
         self.session = ort.InferenceSession(str(path), options, providers=wanted)
         self.provider = self.session.get_providers()[0]
@@ -58,7 +59,8 @@ def load_onnx_passes(checkpoint: Path, device: torch.device, threads: int = 0) -
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("weights_sha256") != weights_digest(checkpoint):
         raise RuntimeError(
-            f"{checkpoint.name}: the ONNX graphs were exported from other weights; re-run python -m model.export"
+            f"{checkpoint.name}: the ONNX graphs were exported from other weights; "
+            "re-run python -m model.export"
         )
     return {
         name: OnnxPass(checkpoint / "onnx" / entry["file"], device, threads)
