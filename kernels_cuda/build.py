@@ -69,23 +69,19 @@ def _cache_dir() -> Path:
         return Path.home() / ".cache" / "flows_kernels"
 
 
-def _nvcc_version(nvcc: str) -> str:
-    return subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
-
-
 def compile_library(source: Path, name: str, force: bool = False) -> Path:
-    """Compile `source` into `lib{name}-{hash}.so` unless that file exists; raises CompileError."""
+    """`lib{name}-{hash}.so` for `source` and the target architectures: from the cache when it is there
+    (no nvcc needed, e.g. a runtime image), else compiled with nvcc; raises CompileError."""
+    archs = _archs()
+    digest = hashlib.sha256(source.read_bytes() + " ".join(archs).encode()).hexdigest()[:16]
+    cache = _cache_dir()
+    output = cache / f"lib{name}-{digest}.so"
+    if output.is_file() and not force:
+        return output
     nvcc = find_nvcc()
     if nvcc is None:
-        raise CompileError("nvcc not found (set CUDA_HOME or put nvcc on the PATH)")
-    archs = _archs()
-    digest = hashlib.sha256()
-    digest.update(source.read_bytes())
-    digest.update(_nvcc_version(nvcc).encode())
-    digest.update(" ".join(archs).encode())
-    cache = _cache_dir()
+        raise CompileError("nvcc not found (set CUDA_HOME or put nvcc on the PATH) and no cached build")
     cache.mkdir(parents=True, exist_ok=True)
-    output = cache / f"lib{name}-{digest.hexdigest()[:16]}.so"
     with FileLock(str(output) + ".lock"):
         if output.is_file() and not force:
             return output

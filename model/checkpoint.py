@@ -43,6 +43,7 @@ def save_flow(flow: MultiScaleFlow, path: str | Path, training: dict[str, Any] |
     state = {k: v.detach().contiguous().cpu() for k, v in flow.state_dict().items()}
     tmp = path / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
+    tmp.chmod(0o644)  # safetensors creates owner-only files; servers often run as another user
     os.replace(tmp, path / WEIGHTS_FILE)
     config = {
         "format_version": FORMAT_VERSION,
