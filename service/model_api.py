@@ -56,7 +56,7 @@ class ServedModel:
             try:
                 onnx = load_onnx_passes(path, device, threads)
             except (ImportError, RuntimeError) as exc:
-                log.warning("%s: onnxruntime unavailable, serving on torch: %s", path.name, exc)
+                log.warning("%s: ONNX graphs not used, serving on torch: %s", path.name, exc)
         if backend == "onnx" and not onnx:
             log.warning(
                 "%s has no exported ONNX passes (python -m model.export %s): serving on torch",
