@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from model import FlowConfig, build_flow, save_flow
-from model.export import EXPORTABLE, export_checkpoint
+from model.export import EXPORTABLE, export_checkpoint, weights_digest
 from service.onnx_backend import load_onnx_passes
 
 from .helpers import randomise_parameters
@@ -60,3 +63,14 @@ def test_graphs_from_other_weights_are_refused(tmp_path):
 def test_a_checkpoint_without_graphs_has_no_onnx_passes(tmp_path):
     tiny_checkpoint("finc", tmp_path / "m")
     assert load_onnx_passes(tmp_path / "m", torch.device("cpu")) == {}
+
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+SHIPPED_ONNX = sorted(p.parent.parent for p in CHECKPOINTS.glob("*/onnx/manifest.json"))
+
+
+@pytest.mark.parametrize("checkpoint", SHIPPED_ONNX, ids=[p.name for p in SHIPPED_ONNX])
+def test_shipped_onnx_graphs_belong_to_the_shipped_weights(checkpoint):
+    manifest = json.loads((checkpoint / "onnx" / "manifest.json").read_text())
+    assert manifest["weights_sha256"] == weights_digest(checkpoint), "re-run python -m model.export"
+    assert tuple(manifest["passes"]) == EXPORTABLE[manifest["architecture"]]
