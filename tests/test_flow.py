@@ -191,3 +191,18 @@ def test_shipped_checkpoint_loads_and_matches_its_reported_bits_per_dim(checkpoi
         bpd = flow.bits_per_dim(data.test[subset]).mean().item()
     assert abs(bpd - training["test_bits_per_dim"]) < 0.05, (bpd, training["test_bits_per_dim"])
     assert (checkpoint / "model.safetensors").stat().st_size <= 8 * 2**20
+
+
+def test_evaluate_cli_reports_bits_per_dim_and_throughput(tmp_path, capsys):
+    from model.evaluate import main as evaluate_main
+
+    images = load_mnist().test[:64].numpy()
+    np.save(tmp_path / "d.npy", images)
+    flow, _ = tiny_flow("finc", image_shape=(1, 28, 28), dtype=torch.float32)
+    save_flow(flow, tmp_path / "ckpt", {"dataset": str(tmp_path / "d.npy")})
+    assert (
+        evaluate_main([str(tmp_path / "ckpt"), "--batch-size", "8", "--grid", str(tmp_path / "g.png")]) == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["test_bits_per_dim"] > 0 and report["sampling_images_per_s"] > 0
+    assert report["scoring_images_per_s"] > 0 and (tmp_path / "g.png").is_file()

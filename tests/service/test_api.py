@@ -268,3 +268,55 @@ def test_json_log_line_per_request(real_server, real):
     assert len(lines) == 1
     record = json.loads(lines[0].split("service.access ", 1)[1])
     assert record["status"] == 200 and record["path"] == "/health/live" and record["duration_ms"] >= 0
+
+
+def test_client_library_and_cli_against_a_real_server(real_server, tmp_path, digits):
+    import subprocess
+    import sys
+
+    from service.client import FlowClient, FlowServiceError
+
+    with FlowClient(real_server.url) as c:
+        images, meta = c.sample(3, seed=9, temperature=0.5)
+        assert images.shape == (3, 1, 28, 28) and meta["seed"] == 9
+        scored = c.logprob([png(digits[0])])
+        assert len(scored["results"]) == 1
+        with pytest.raises(FlowServiceError) as err:
+            c.sample(1, model="nope")
+        assert err.value.status == 404 and err.value.code == "unknown_model"
+    out = tmp_path / "grid.png"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.client",
+            "--url",
+            real_server.url,
+            "sample",
+            "--n",
+            "4",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert Image.open(out).size == (62, 62)
+    (tmp_path / "d.png").write_bytes(png(digits[1]))
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.client",
+            "--url",
+            real_server.url,
+            "logprob",
+            str(tmp_path / "d.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0 and json.loads(run.stdout)["results"][0]["bits_per_dim"] > 0
