@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--grid", default=None, help="sample grid PNG (default: CHECKPOINT/eval_samples.png)")
+    p.add_argument(
+        "--write-config", action="store_true", help="store the measured test bits/dim in config.json"
+    )
     args = p.parse_args(argv)
 
     device = torch.device(
@@ -78,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         save_grid(flow.sample(64, args.temperature, torch.Generator(device).manual_seed(1)), grid, nrow=8)
     result["grid"] = str(grid)
+    if args.write_config:
+        path = Path(args.checkpoint) / "config.json"
+        config = json.loads(path.read_text())
+        config["training"].update(test_bits_per_dim=bpd, test_images=int(test.shape[0]))
+        path.write_text(json.dumps(config, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

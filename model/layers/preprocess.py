@@ -1,7 +1,7 @@
 """Dequantisation and the logit map from `[0, 256)` pixel space to `ℝ` (RealNVP), with exact log-dets.
 
-`log p(x)` of a discrete image is the flow's density of the dequantised image in `[0, 256)^D` (unit
-bins), so bits/dim come out in the units the literature reports: `-log p(x) / (D · ln 2)`.
+With unit bins, `E_u[log p(x + u)]` (`u ~ U[0, 1)^D`) is a lower bound on the log-probability of the
+discrete image `x`, and `-log p / (D · ln 2)` is the bits/dim the literature reports.
 """
 
 from __future__ import annotations
@@ -13,21 +13,39 @@ import torch
 
 from .base import FlowLayer
 
-__all__ = ["LogitTransform", "dequantize"]
+__all__ = ["FIXED_NOISE_SEED", "LogitTransform", "dequantize", "fixed_noise"]
 
-Dequantization = Literal["uniform", "midpoint"]
+Dequantization = Literal["uniform", "fixed", "midpoint"]
+FIXED_NOISE_SEED = 0
+
+
+def fixed_noise(shape: tuple[int, ...]) -> torch.Tensor:
+    """One `U[0, 1)` pattern of an image's shape, the same on every machine (seeded CPU generator)."""
+    return torch.rand(shape, generator=torch.Generator().manual_seed(FIXED_NOISE_SEED), dtype=torch.float64)
 
 
 def dequantize(
-    x: torch.Tensor, mode: Dequantization = "midpoint", generator: torch.Generator | None = None
+    x: torch.Tensor,
+    mode: Dequantization = "fixed",
+    generator: torch.Generator | None = None,
+    pattern: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Integer pixels in `[0, 255]` → continuous values in `[0, 256)`: `+U[0, 1)` or `+0.5`."""
+    """Integer pixels in `[0, 255]` → continuous values in `[0, 256)`.
+
+    - `uniform`: `+U[0, 1)` drawn from `generator`: the standard variational bound (training, papers).
+    - `fixed`: `+` one fixed `U[0, 1)` pattern (`pattern`, else `fixed_noise`): the same estimator, but
+      deterministic and independent of batching; its mean over a test set matches `uniform`.
+    - `midpoint`: `+0.5`. Not a bound and not comparable to published bits/dim (it can be far lower on
+      data with many saturated pixels, such as MNIST); kept for diagnostics.
+    """
+    if mode == "uniform":
+        return x + torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    if mode == "fixed":
+        noise = pattern if pattern is not None else fixed_noise(tuple(x.shape[1:]))
+        return x + noise.to(dtype=x.dtype, device=x.device)
     if mode == "midpoint":
         return x + 0.5
-    if mode == "uniform":
-        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        return x + noise
-    raise ValueError(f"unknown dequantization {mode!r}; expected 'uniform' or 'midpoint'")
+    raise ValueError(f"unknown dequantization {mode!r}; expected 'uniform', 'fixed' or 'midpoint'")
 
 
 class LogitTransform(FlowLayer):
