@@ -78,7 +78,8 @@ def test_logprob_accepts_multipart_png_jpeg_and_npy_uploads(client, digits):
     results = r.json()["results"]
     assert len(results) == 3 and all(np.isfinite(x["log_prob"]) for x in results)
     same = client.post("/logprob", json={"images": [base64.b64encode(png(digits[0])).decode()]}).json()
-    assert abs(same["results"][0]["log_prob"] - results[0]["log_prob"]) < 1e-6
+    # float32 sums in batches of different sizes: equal to ~1e-7 relative (|log p| ~ 1e3 nats)
+    assert abs(same["results"][0]["log_prob"] - results[0]["log_prob"]) < 1e-3
 
 
 def test_samples_score_finite_log_likelihoods(client):
