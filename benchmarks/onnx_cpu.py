@@ -39,7 +39,7 @@ def main() -> None:
         gen = torch.Generator().manual_seed(0)
         if name == "score":
             images = torch.randint(0, 256, (batch, *flow.config.image_shape), generator=gen).float()
-            feed = {"images": images.numpy()}
+            feed = {"images": (images + 0.5).numpy()}
 
             def run_torch(images=images):
                 with torch.inference_mode():

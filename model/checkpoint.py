@@ -51,8 +51,8 @@ def save_flow(flow: MultiScaleFlow, path: str | Path, training: dict[str, Any] |
         "image_shape": list(flow.config.image_shape),
         "preprocessing": {
             "input": "integer pixels in [0, 255], channels first",
-            "dequantization": "uniform noise U[0,1) (training, reported bits/dim); scoring adds one fixed "
-            "U[0,1) pattern (seed 0), which makes it deterministic",
+            "dequantization": "uniform noise U[0,1) (training, reported bits/dim); scoring seeds that noise "
+            "with a hash of each image, which makes it deterministic",
             "transform": f"logit(alpha + (1 - 2 alpha) x / 256), alpha = {flow.config.logit_alpha}",
         },
         "num_parameters": flow.num_parameters(),

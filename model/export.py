@@ -28,6 +28,7 @@ from torch import nn
 
 from .checkpoint import WEIGHTS_FILE, load_flow, read_config
 from .flow import MultiScaleFlow
+from .layers import dequantize
 
 __all__ = [
     "EXPORTABLE",
@@ -56,14 +57,16 @@ SAMPLE_TOLERANCE_PIXELS = 0.05  # continuous pixel values in [0, 256); one 8-bit
 
 
 class ScorePass(nn.Module):
-    """Images `(B, C, H, W)` float pixels in [0, 255] → log-probabilities `(B,)`, nats."""
+    """Dequantised images `(B, C, H, W)` in [0, 256) → log-densities `(B,)`, nats.
+
+    Dequantisation noise is an input (the service seeds it per image), so the graph is the bijection only."""
 
     def __init__(self, flow: MultiScaleFlow):
         super().__init__()
         self.flow = flow
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.flow.log_prob(images)
+        return self.flow.log_prob_continuous(images)
 
 
 class SamplePass(nn.Module):
@@ -115,7 +118,8 @@ def _check_score(flow: MultiScaleFlow, path: Path, real: torch.Tensor | None) ->
         inputs["real"] = real.float()
     report = {}
     for kind, images in inputs.items():
-        got = sess.run(None, {"images": images.numpy()})[0]
+        dequantized = dequantize(images, "hashed")
+        got = sess.run(None, {"images": dequantized.numpy()})[0]
         with torch.inference_mode():
             want = flow.log_prob(images).numpy()
         diff_bpd = float(np.abs(got - want).max() / (flow.num_dims * math.log(2)))
@@ -175,7 +179,10 @@ def export_checkpoint(
             example = torch.randint(0, 256, (2, *flow.config.image_shape)).float()
             _export(ScorePass(flow), (example,), ["images"], "log_prob", path)
             check = _check_score(flow, path, real)
-            io = {"inputs": {"images": "float32 (B, C, H, W) pixels in [0, 255]"}, "output": "log_prob (B,)"}
+            io = {
+                "inputs": {"images": "float32 (B, C, H, W): pixels in [0, 255] plus U[0, 1) noise"},
+                "output": "log_prob (B,)",
+            }
         else:
             latents = flow.sample_latents(2, 1.0, torch.Generator().manual_seed(0))
             names = ["temperature"] + [f"z{i}" for i in range(len(latents))]

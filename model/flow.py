@@ -1,8 +1,8 @@
 """The multi-scale flow: preprocessing, `levels` × (squeeze → steps → split), and a standard normal prior.
 
 Images are pixels in `[0, 255]` (integers, or floats holding integers). `log_prob` returns nats of the
-discrete image (dequantised inside with one fixed uniform-noise pattern by default: deterministic,
-independent of batching, and on average the standard uniform-dequantisation bound), `sample`
+discrete image (dequantised inside with uniform noise seeded by each image's pixels by default:
+deterministic, independent of batching, and on average the standard uniform-dequantisation bound), `sample`
 returns `uint8` images. `encode`/`decode` expose the latents so callers can draw noise themselves
 (the service does, one generator per request).
 """
@@ -17,7 +17,7 @@ from torch import nn
 from .architectures import STEP_BUILDERS
 from .config import FlowConfig
 from .layers import InvConv1x1, LogitTransform, Split, Squeeze, dequantize
-from .layers.preprocess import Dequantization, fixed_noise
+from .layers.preprocess import Dequantization
 
 __all__ = ["MultiScaleFlow", "build_flow"]
 
@@ -44,8 +44,6 @@ class MultiScaleFlow(nn.Module):
         super().__init__()
         self.config = config
         self.preprocess = LogitTransform(alpha=config.logit_alpha)
-        # Not saved in checkpoints: a deterministic function of the image shape.
-        self.register_buffer("fixed_noise", fixed_noise(config.image_shape).float(), persistent=False)
         channels = config.image_shape[0]
         levels = []
         for i in range(config.levels):
@@ -98,15 +96,15 @@ class MultiScaleFlow(nn.Module):
     def log_prob(
         self,
         x: torch.Tensor,
-        dequantization: Dequantization = "fixed",
+        dequantization: Dequantization = "hashed",
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Log-probability (nats) of images with integer pixels in `[0, 255]`, shape `(B,)`.
 
-        `dequantization`: `fixed` (default), `uniform` (fresh noise from `generator`) or `midpoint`;
+        `dequantization`: `hashed` (default), `uniform` (fresh noise from `generator`) or `midpoint`;
         see `model.layers.preprocess.dequantize`."""
         x = x.to(dtype=self._dtype(), device=self._device())
-        return self.log_prob_continuous(dequantize(x, dequantization, generator, self.fixed_noise))
+        return self.log_prob_continuous(dequantize(x, dequantization, generator))
 
     def bits_per_dim(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         """`-log p(x) / (D · ln 2)` per image: the unit the literature reports."""

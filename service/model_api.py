@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from model import MultiScaleFlow, load_flow, read_config
+from model.layers import dequantize
 
 from .onnx_backend import OnnxPass, load_onnx_passes
 
@@ -94,7 +95,8 @@ class ServedModel:
     def score(self, images: torch.Tensor) -> torch.Tensor:
         """`uint8` images → log-probabilities (nats, float64 on the CPU)."""
         if self.use_onnx.get("score"):
-            log_prob = self.onnx["score"].run({"images": images.numpy().astype(np.float32)})
+            dequantized = dequantize(images.float(), "hashed")
+            log_prob = self.onnx["score"].run({"images": dequantized.numpy()})
             return torch.from_numpy(log_prob).double()
         return self.flow.log_prob(images.to(self.device)).double().cpu()
 

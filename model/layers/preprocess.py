@@ -6,6 +6,7 @@ discrete image `x`, and `-log p / (D · ln 2)` is the bits/dim the literature re
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Literal
 
@@ -13,39 +14,45 @@ import torch
 
 from .base import FlowLayer
 
-__all__ = ["FIXED_NOISE_SEED", "LogitTransform", "dequantize", "fixed_noise"]
+__all__ = ["LogitTransform", "dequantize", "hashed_noise"]
 
-Dequantization = Literal["uniform", "fixed", "midpoint"]
-FIXED_NOISE_SEED = 0
+Dequantization = Literal["uniform", "hashed", "midpoint"]
 
 
-def fixed_noise(shape: tuple[int, ...]) -> torch.Tensor:
-    """One `U[0, 1)` pattern of an image's shape, the same on every machine (seeded CPU generator)."""
-    return torch.rand(shape, generator=torch.Generator().manual_seed(FIXED_NOISE_SEED), dtype=torch.float64)
+def _image_seed(image: torch.Tensor) -> int:
+    """A seed from the image's pixel bytes: the same image always gets the same noise."""
+    data = image.detach().to("cpu", torch.uint8).contiguous().numpy().tobytes()
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") & (2**63 - 1)
+
+
+def hashed_noise(x: torch.Tensor) -> torch.Tensor:
+    """`U[0, 1)` noise for each image, drawn from a generator seeded by that image's pixels."""
+    noise = torch.empty(x.shape, dtype=torch.float64)
+    for i in range(x.shape[0]):
+        noise[i] = torch.rand(
+            x.shape[1:], generator=torch.Generator().manual_seed(_image_seed(x[i])), dtype=torch.float64
+        )
+    return noise.to(dtype=x.dtype, device=x.device)
 
 
 def dequantize(
-    x: torch.Tensor,
-    mode: Dequantization = "fixed",
-    generator: torch.Generator | None = None,
-    pattern: torch.Tensor | None = None,
+    x: torch.Tensor, mode: Dequantization = "hashed", generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Integer pixels in `[0, 255]` → continuous values in `[0, 256)`.
 
     - `uniform`: `+U[0, 1)` drawn from `generator`: the standard variational bound (training, papers).
-    - `fixed`: `+` one fixed `U[0, 1)` pattern (`pattern`, else `fixed_noise`): the same estimator, but
-      deterministic and independent of batching; its mean over a test set matches `uniform`.
+    - `hashed`: `+U[0, 1)` seeded by each image's own pixels: the same estimator, but deterministic and
+      independent of batching; averaged over a test set it matches `uniform`.
     - `midpoint`: `+0.5`. Not a bound and not comparable to published bits/dim (it can be far lower on
       data with many saturated pixels, such as MNIST); kept for diagnostics.
     """
     if mode == "uniform":
         return x + torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    if mode == "fixed":
-        noise = pattern if pattern is not None else fixed_noise(tuple(x.shape[1:]))
-        return x + noise.to(dtype=x.dtype, device=x.device)
+    if mode == "hashed":
+        return x + hashed_noise(x)
     if mode == "midpoint":
         return x + 0.5
-    raise ValueError(f"unknown dequantization {mode!r}; expected 'uniform', 'fixed' or 'midpoint'")
+    raise ValueError(f"unknown dequantization {mode!r}; expected 'uniform', 'hashed' or 'midpoint'")
 
 
 class LogitTransform(FlowLayer):
