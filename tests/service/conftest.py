@@ -54,6 +54,12 @@ class RealServer:
             time.sleep(0.2)
         raise TimeoutError(f"server not ready after {timeout}s:\n{self.output()}")
 
+    def __enter__(self) -> RealServer:
+        return self.wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def output(self) -> str:
         self.log.flush()
         self.log.seek(0)

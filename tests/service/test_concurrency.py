@@ -71,10 +71,7 @@ async def test_seeded_samples_do_not_depend_on_what_they_are_batched_with(real_s
 
 
 async def test_overload_answers_503_with_retry_after_and_every_accepted_request_completes():
-    server = RealServer(
-        "--max-batch-images", "4", "--max-queue-images", "8", "--max-wait-ms", "2"
-    ).wait_ready()
-    try:
+    with RealServer("--max-batch-images", "4", "--max-queue-images", "8", "--max-wait-ms", "2") as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             responses = await asyncio.gather(
                 *(client.post("/sample", json={"num_samples": 4, "seed": i}) for i in range(48))
@@ -89,29 +86,23 @@ async def test_overload_answers_503_with_retry_after_and_every_accepted_request_
             metrics = (await client.get("/metrics")).text
             assert counter(metrics, "flows_rejections_total", reason="queue_full") == statuses.count(503)
             assert (await client.post("/sample", json={"num_samples": 4})).status_code == 200
-    finally:
-        server.stop()
 
 
 async def test_overload_status_can_be_429():
-    server = RealServer(
+    with RealServer(
         "--max-batch-images", "2", "--max-queue-images", "2", "--overload-status", "429"
-    ).wait_ready()
-    try:
+    ) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             responses = await asyncio.gather(
                 *(client.post("/sample", json={"num_samples": 2}) for _ in range(32))
             )
         assert {r.status_code for r in responses} == {200, 429}
-    finally:
-        server.stop()
 
 
 async def test_requests_past_their_deadline_get_504_and_the_server_recovers():
-    server = RealServer(
+    with RealServer(
         "--max-batch-images", "64", "--request-timeout-s", "0.05", "--max-wait-ms", "1"
-    ).wait_ready()
-    try:
+    ) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             responses = await asyncio.gather(
                 *(
@@ -131,8 +122,6 @@ async def test_requests_past_their_deadline_get_504_and_the_server_recovers():
                 r.json()["error"]["code"] == "deadline_exceeded" for r in responses if r.status_code == 504
             )
             assert (await client.get("/health/ready")).status_code == 200
-    finally:
-        server.stop()
 
 
 async def test_sigterm_stops_readiness_and_drains_accepted_requests():
@@ -155,8 +144,7 @@ async def test_sigterm_stops_readiness_and_drains_accepted_requests():
 
 
 async def test_api_key_guards_inference_but_not_health_or_metrics():
-    server = RealServer(env={"FLOWS_API_KEY": "s3cret"}).wait_ready()
-    try:
+    with RealServer(env={"FLOWS_API_KEY": "s3cret"}) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             denied = await client.post("/sample", json={"num_samples": 1})
             assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
@@ -165,13 +153,10 @@ async def test_api_key_guards_inference_but_not_health_or_metrics():
             assert ok.status_code == 200
             assert (await client.get("/health/ready")).status_code == 200
             assert (await client.get("/metrics")).status_code == 200
-    finally:
-        server.stop()
 
 
 async def test_a_client_that_disconnects_has_its_queued_work_cancelled():
-    server = RealServer("--max-batch-images", "8", "--max-wait-ms", "1").wait_ready()
-    try:
+    with RealServer("--max-batch-images", "8", "--max-wait-ms", "1") as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             busy = asyncio.ensure_future(client.post("/sample", json={"num_samples": 128}))
             await asyncio.sleep(0.2)
@@ -184,5 +169,3 @@ async def test_a_client_that_disconnects_has_its_queued_work_cancelled():
         # Chunks of the abandoned request still queued never ran: fewer than 2 × 128 images computed.
         computed = histogram(metrics, "flows_batch_images", "sample")["_sum"]
         assert computed < 256
-    finally:
-        server.stop()
