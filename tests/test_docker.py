@@ -34,6 +34,8 @@ def test_cpu_image_serves_sample_and_logprob_under_compose():
         env={**os.environ, "PYTHON": sys.executable},
     )
     print(result.stdout[-4000:])
+    if result.returncode == 3:
+        pytest.skip("no Docker engine could be started: " + result.stderr[-500:])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "docker_smoke: ok" in result.stdout
 
