@@ -8,16 +8,15 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .dispatch import select
-from .reference import tl_conv2d_weight_grad
+from .reference import centre_tap, tl_conv2d_weight_grad
 
 __all__ = ["SolveFunction", "SolveTransposedFunction"]
 
 
 def _mask_centre(grad_w: torch.Tensor, groups: int) -> torch.Tensor:
     """Zero the gradient of centre-tap entries above the diagonal: the solves never read them."""
-    k, cg = grad_w.shape[-1], grad_w.shape[1]
-    centre = grad_w[:, :, k - 1, k - 1].reshape(groups, cg, cg)
-    grad_w[:, :, k - 1, k - 1] = torch.tril(centre).reshape(groups * cg, cg)
+    k = grad_w.shape[-1]
+    grad_w[:, :, k - 1, k - 1] = torch.tril(centre_tap(grad_w, groups)).reshape_as(grad_w[:, :, k - 1, k - 1])
     return grad_w
 
 

@@ -292,39 +292,15 @@ def test_client_library_and_cli_against_a_real_server(real_server, tmp_path, dig
         with pytest.raises(FlowServiceError) as err:
             c.sample(1, model="nope")
         assert err.value.status == 404 and err.value.code == "unknown_model"
+
+    def run_client(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "service.client", "--url", real_server.url, *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
     out = tmp_path / "grid.png"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.client",
-            "--url",
-            real_server.url,
-            "sample",
-            "--n",
-            "4",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_client("sample", "--n", "4", "--out", str(out))
     assert run.returncode == 0, run.stderr
     assert Image.open(out).size == (62, 62)
     (tmp_path / "d.png").write_bytes(png(digits[1]))
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.client",
-            "--url",
-            real_server.url,
-            "logprob",
-            str(tmp_path / "d.png"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_client("logprob", str(tmp_path / "d.png"))
     assert run.returncode == 0 and json.loads(run.stdout)["results"][0]["bits_per_dim"] > 0
