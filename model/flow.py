@@ -2,7 +2,8 @@
 
 Images are pixels in `[0, 255]` (integers, or floats holding integers). `log_prob` returns nats of the
 discrete image (dequantised inside with uniform noise seeded by each image's pixels by default:
-deterministic, independent of batching, and on average the standard uniform-dequantisation bound), `sample`
+deterministic, independent of batching, and on average the standard uniform-dequantisation bound; with
+`samples=K` the tighter importance-weighted bound over K such draws), `sample`
 returns `uint8` images. `encode`/`decode` expose the latents so callers can draw noise themselves
 (the service does, one generator per request).
 """
@@ -10,22 +11,34 @@ returns `uint8` images. `encode`/`decode` expose the latents so callers can draw
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .architectures import STEP_BUILDERS
 from .config import FlowConfig
-from .layers import InvConv1x1, LogitTransform, Split, Squeeze, dequantize
+from .layers import InvConv1x1, LogitTransform, Split, Squeeze, dequantize, hashed_noise_samples
 from .layers.preprocess import Dequantization
 
-__all__ = ["MultiScaleFlow", "build_flow"]
+__all__ = ["MultiScaleFlow", "build_flow", "importance_weighted_log_prob"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
 def _standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z.square() + _LOG_2PI).flatten(1).sum(1)
+
+
+def importance_weighted_log_prob(
+    log_density: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, samples: int
+) -> torch.Tensor:
+    """`log (1/K) Σ_k p(x + u_k)` (float64, shape `(B,)`) for integer images `x`, with `u_k` the first K
+    hashed-noise draws of each image: a lower bound on `log P(x)` that tightens as K grows (docs/math.md §5);
+    K = 1 is the hashed single-sample bound. `log_density` maps continuous images to log-densities."""
+    noise = hashed_noise_samples(x, samples)
+    per_draw = torch.stack([log_density(x + noise[k]).double() for k in range(samples)])
+    return torch.logsumexp(per_draw, dim=0) - math.log(samples)
 
 
 class _Level(nn.Module):
@@ -88,6 +101,11 @@ class MultiScaleFlow(nn.Module):
         latents.append(h)
         return latents, logdet
 
+    @staticmethod
+    def prior_log_prob(latents: list[torch.Tensor]) -> torch.Tensor:
+        """`Σ_levels log N(z; 0, I)` per sample: add `encode`'s log-det for the log-density."""
+        return sum(_standard_normal_log_prob(z) for z in latents)
+
     def log_prob_continuous(self, x: torch.Tensor) -> torch.Tensor:
         """Log-density (nats) of continuous images in `[0, 256)`."""
         latents, logdet = self.encode(x)
@@ -98,12 +116,18 @@ class MultiScaleFlow(nn.Module):
         x: torch.Tensor,
         dequantization: Dequantization = "hashed",
         generator: torch.Generator | None = None,
+        samples: int = 1,
     ) -> torch.Tensor:
         """Log-probability (nats) of images with integer pixels in `[0, 255]`, shape `(B,)`.
 
         `dequantization`: `hashed` (default), `uniform` (fresh noise from `generator`) or `midpoint`;
-        see `model.layers.preprocess.dequantize`."""
+        see `model.layers.preprocess.dequantize`. `samples=K > 1` (hashed only) returns the
+        importance-weighted bound over K draws, in float64."""
         x = x.to(dtype=self._dtype(), device=self._device())
+        if samples != 1:
+            if dequantization != "hashed":
+                raise ValueError("samples > 1 needs the hashed dequantization")
+            return importance_weighted_log_prob(self.log_prob_continuous, x, samples)
         return self.log_prob_continuous(dequantize(x, dequantization, generator))
 
     def bits_per_dim(self, x: torch.Tensor, **kwargs) -> torch.Tensor:

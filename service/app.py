@@ -16,7 +16,7 @@ from .metrics import Metrics
 from .middleware import RequestContextMiddleware
 from .model_api import resolve_device
 from .registry import ModelRegistry
-from .routes import health, logprob, metrics, models, sample
+from .routes import health, latent, logprob, metrics, models, playground, sample
 from .settings import Settings
 from .state import AppState
 
@@ -71,5 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (health.router, metrics.router, models.router, sample.router, logprob.router):
         app.include_router(router)
+    app.include_router(latent.router)
+    app.include_router(playground.router)
+    playground.mount_static(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics_, max_body_bytes=settings.max_body_bytes)
     return app

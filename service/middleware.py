@@ -26,6 +26,10 @@ _KNOWN = {
     "/metrics",
     "/docs",
     "/openapi.json",
+    "/encode",
+    "/decode",
+    "/interpolate",
+    "/",
 }
 
 
@@ -35,6 +39,8 @@ def endpoint_label(path: str) -> str:
         return path
     if path.startswith("/models/"):
         return "/models/{name}"
+    if path.startswith("/static/"):
+        return "/static"
     return "other"
 
 

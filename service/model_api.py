@@ -1,4 +1,4 @@
-"""The served model: draws latents, decodes a batch, scores a batch. Knows nothing about queues."""
+"""The served model: draws latents, decodes, scores and encodes a batch. Knows nothing about queues."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from model import MultiScaleFlow, load_flow, read_config
-from model.layers import dequantize
+from model.flow import importance_weighted_log_prob
+from model.layers.preprocess import hashed_noise
 
 from .onnx_backend import OnnxPass, load_onnx_passes
 
@@ -92,13 +93,49 @@ class ServedModel:
             pixels = self.flow.decode([z.to(self.device) for z in latents])
         return self.flow.to_uint8(pixels).cpu()
 
-    def score(self, images: torch.Tensor) -> torch.Tensor:
-        """`uint8` images → log-probabilities (nats, float64 on the CPU)."""
+    def _log_density(self, x: torch.Tensor) -> torch.Tensor:
+        """Dequantised (continuous, float32, CPU) images → log-densities (nats, float64 on the CPU)."""
         if self.use_onnx.get("score"):
-            dequantized = dequantize(images.float(), "hashed")
-            log_prob = self.onnx["score"].run({"images": dequantized.numpy()})
-            return torch.from_numpy(log_prob).double()
-        return self.flow.log_prob(images.to(self.device)).double().cpu()
+            return torch.from_numpy(self.onnx["score"].run({"images": x.numpy()})).double()
+        return self.flow.log_prob_continuous(x.to(self.device)).double().cpu()
+
+    def score(self, images: torch.Tensor, samples: torch.Tensor | None = None) -> torch.Tensor:
+        """`uint8` images → log-probabilities (nats, float64 on the CPU). `samples` (one int per image,
+        default 1) is K of the importance-weighted bound over K hashed dequantisations of that image."""
+        x = images.float()
+        if samples is None:
+            return importance_weighted_log_prob(self._log_density, x, 1)
+        out = torch.empty(x.shape[0], dtype=torch.float64)
+        for k in samples.unique().tolist():  # one pass per distinct K in the batch
+            rows = (samples == k).nonzero().squeeze(1)
+            out[rows] = importance_weighted_log_prob(self._log_density, x[rows], int(k))
+        return out
+
+    def encode(self, images: torch.Tensor, hashed: torch.Tensor | None = None) -> torch.Tensor:
+        """`uint8` images → float64 rows `[every level's latents, flattened, finest first | log|det ∂z/∂x|]`
+        at the bin centre `x + 0.5` (default: decoding lands mid-bin, so `decode` gives `x` back with
+        room to spare), or where `hashed` (a bool per image) at `x + u` with `u` the image's hashed noise,
+        the point `score` evaluates. One tensor so the batcher can split rows; `unpack_encoded` undoes it."""
+        x = images.float()
+        noise = torch.full_like(x, 0.5)
+        if hashed is not None and bool(hashed.any()):
+            rows = hashed.nonzero().squeeze(1)
+            noise[rows] = hashed_noise(x[rows])
+        latents, logdet = self.flow.encode((x + noise).to(self.device))
+        parts = [z.flatten(1).double().cpu() for z in latents]
+        return torch.cat([*parts, logdet.double().cpu()[:, None]], dim=1)
+
+    def unpack_encoded(self, rows: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """`encode`'s rows → (float32 latents `(N, C, H, W)` per level, float64 log-dets `(N,)`, float64
+        log-densities `log N(z) + log-det` `(N,)`)."""
+        latents, start = [], 0
+        for shape in self.flow.latent_shapes():
+            size = math.prod(shape)
+            latents.append(rows[:, start : start + size].reshape(-1, *shape))
+            start += size
+        log_det = rows[:, start]
+        log_prob = self.flow.prior_log_prob(latents) + log_det
+        return [z.float() for z in latents], log_det, log_prob
 
     def _choose_backends(self, n: int) -> None:
         """`auto`: time torch and onnxruntime on a batch of `n` for each exported pass; keep the faster."""
@@ -141,6 +178,7 @@ class ServedModel:
             for n in batch_sizes:
                 images = self.decode(self.draw_latents(n, 1.0, seed=0))
                 self.score(images)
+            self.encode(images[:1])
         log.info("warmed up %s on %s at batch sizes %s", self.name, self.device, batch_sizes)
 
     def info(self) -> dict[str, Any]:
@@ -157,6 +195,8 @@ class ServedModel:
             "backend": {
                 "sample": self._backend_label("sample"),
                 "logprob": self._backend_label("score"),
+                "encode": f"torch:{self.device.type}",
+                "decode": self._backend_label("sample"),
             },
         }
 

@@ -21,8 +21,9 @@ PREFERRED_DEFAULT = "finc-mnist"
 @dataclass
 class ServedEntry:
     model: ServedModel
-    sample: Batcher
+    sample: Batcher  # also serves /decode and /interpolate: both decode latents
     logprob: Batcher
+    encode: Batcher
 
 
 class ModelRegistry:
@@ -47,8 +48,9 @@ class ModelRegistry:
             entries[model.name] = ServedEntry(
                 model,
                 Batcher(model.name, "sample", model.decode, executor, metrics, **common),
+                Batcher(model.name, "logprob", lambda xs, m=model: m.score(*xs), executor, metrics, **common),
                 Batcher(
-                    model.name, "logprob", lambda xs, m=model: m.score(xs[0]), executor, metrics, **common
+                    model.name, "encode", lambda xs, m=model: m.encode(*xs), executor, metrics, **common
                 ),
             )
             log.info(
@@ -72,4 +74,4 @@ class ModelRegistry:
         return self.entries[key]
 
     def batchers(self) -> list[Batcher]:
-        return [b for e in self.entries.values() for b in (e.sample, e.logprob)]
+        return [b for e in self.entries.values() for b in (e.sample, e.logprob, e.encode)]

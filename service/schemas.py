@@ -18,6 +18,7 @@ __all__ = [
 ]
 
 HARD_MAX_IMAGES = 65536  # the configurable per-request limits are checked against Settings
+MAX_DEQUANTIZATION_SAMPLES = 64
 
 
 class Timings(BaseModel):
@@ -62,6 +63,13 @@ class LogProbRequest(BaseModel):
         max_length=HARD_MAX_IMAGES,
         description="base64 PNG/JPEG/.npy strings, or nested arrays of integer pixels in [0, 255]",
     )
+    dequantization_samples: int = Field(
+        1,
+        ge=1,
+        le=MAX_DEQUANTIZATION_SAMPLES,
+        description="K: score log mean_k p(x + u_k) over K hashed noise draws per image (importance-weighted "
+        "bound, tighter as K grows; K = 1 is the single-sample bound); costs K passes",
+    )
 
 
 class ImageScore(BaseModel):
@@ -72,6 +80,7 @@ class ImageScore(BaseModel):
 class LogProbResponse(BaseModel):
     model: str
     num_dims: int
+    dequantization_samples: int = Field(1, description="K of the importance-weighted bound")
     results: list[ImageScore]
     timings: Timings
 

@@ -218,3 +218,24 @@ def test_scoring_noise_is_seeded_per_image_so_scores_do_not_depend_on_the_batch(
         # Fresh uniform noise gives a different value per call; its mean is what hashed noise estimates.
         a = flow.log_prob(images, dequantization="uniform", generator=torch.Generator().manual_seed(1))
         assert not torch.equal(a, together)
+
+
+def test_importance_weighted_bound_over_k_hashed_draws():
+    from model.layers import hashed_noise_samples
+    from model.layers.preprocess import hashed_noise
+
+    flow, images = tiny_flow("finc", dtype=torch.float64)
+    with torch.no_grad():
+        noise = hashed_noise_samples(images.double(), 6)
+        assert torch.equal(noise[0], hashed_noise(images.double()))
+        assert torch.equal(hashed_noise_samples(images.double(), 3), noise[:3])  # draw k does not depend on K
+        per_draw = torch.stack([flow.log_prob_continuous(images + noise[k]) for k in range(6)])
+        bound = flow.log_prob(images, samples=6)
+        torch.testing.assert_close(bound, torch.logsumexp(per_draw, 0) - math.log(6))
+        # Jensen: log of the mean ≥ the mean of the logs, with equality only for equal draws.
+        assert (bound > per_draw.mean(0)).all() and (bound <= per_draw.max(0).values).all()
+        torch.testing.assert_close(flow.log_prob(images, samples=1), flow.log_prob(images))
+        alone = torch.cat([flow.log_prob(images[i : i + 1], samples=6) for i in range(len(images))])
+        torch.testing.assert_close(alone, bound)
+        with pytest.raises(ValueError, match="hashed"):
+            flow.log_prob(images, dequantization="uniform", samples=2)

@@ -6,7 +6,7 @@ from .coupling import AffineCoupling, SubnetFactory, conv_subnet
 from .finc import FInCConv2d, FInCUnit
 from .invconv1x1 import InvConv1x1
 from .inverse_conv import InverseConv2d, InverseConvUnit
-from .preprocess import LogitTransform, dequantize
+from .preprocess import LogitTransform, dequantize, hashed_noise_samples
 from .split import Split
 from .squeeze import Squeeze
 from .triangular import ORIENTATIONS, TriangularKernel
@@ -29,5 +29,6 @@ __all__ = [
     "TriangularKernel",
     "conv_subnet",
     "dequantize",
+    "hashed_noise_samples",
     "zero_logdet",
 ]

@@ -14,7 +14,7 @@ import torch
 
 from .base import FlowLayer
 
-__all__ = ["LogitTransform", "dequantize", "hashed_noise"]
+__all__ = ["LogitTransform", "dequantize", "hashed_noise", "hashed_noise_samples"]
 
 Dequantization = Literal["uniform", "hashed", "midpoint"]
 
@@ -27,11 +27,18 @@ def _image_seed(image: torch.Tensor) -> int:
 
 def hashed_noise(x: torch.Tensor) -> torch.Tensor:
     """`U[0, 1)` noise for each image, drawn from a generator seeded by that image's pixels."""
-    noise = torch.empty(x.shape, dtype=torch.float64)
+    return hashed_noise_samples(x, 1)[0]
+
+
+def hashed_noise_samples(x: torch.Tensor, samples: int) -> torch.Tensor:
+    """`samples` draws of `U[0, 1)` noise per image, shape `(samples, *x.shape)`: consecutive draws of the
+    generator seeded by that image's pixels, so draw 0 is `hashed_noise(x)` and draw k never depends on K."""
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    noise = torch.empty((samples, *x.shape), dtype=torch.float64)
     for i in range(x.shape[0]):
-        noise[i] = torch.rand(
-            x.shape[1:], generator=torch.Generator().manual_seed(_image_seed(x[i])), dtype=torch.float64
-        )
+        generator = torch.Generator().manual_seed(_image_seed(x[i]))
+        noise[:, i] = torch.rand((samples, *x.shape[1:]), generator=generator, dtype=torch.float64)
     return noise.to(dtype=x.dtype, device=x.device)
 
 

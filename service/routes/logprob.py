@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import torch
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -11,7 +12,7 @@ from starlette.datastructures import UploadFile
 
 from ..errors import BadRequest, ServiceError, TooManyImages
 from ..imageio import images_to_tensor
-from ..schemas import ImageScore, LogProbRequest, LogProbResponse, Timings
+from ..schemas import MAX_DEQUANTIZATION_SAMPLES, ImageScore, LogProbRequest, LogProbResponse, Timings
 from ..state import Authorized, ReadyState
 from .common import until_disconnect
 
@@ -33,6 +34,12 @@ _OPENAPI = {
                     "properties": {
                         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
                         "model": {"type": "string"},
+                        "dequantization_samples": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_DEQUANTIZATION_SAMPLES,
+                            "default": 1,
+                        },
                     },
                     "required": ["files"],
                 }
@@ -42,7 +49,7 @@ _OPENAPI = {
 }
 
 
-async def _read_json(request: Request, max_images: int) -> tuple[str | None, list, list[str]]:
+async def _read_json(request: Request, max_images: int) -> tuple[str | None, list, list[str], int]:
     try:
         body = LogProbRequest.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -51,10 +58,30 @@ async def _read_json(request: Request, max_images: int) -> tuple[str | None, lis
         raise TooManyImages(
             f"{len(body.images)} images exceed this server's limit of {max_images} per request"
         )
-    return body.model, body.images, [f"images[{i}]" for i in range(len(body.images))]
+    labels = [f"images[{i}]" for i in range(len(body.images))]
+    return body.model, body.images, labels, body.dequantization_samples
 
 
-async def _read_multipart(request: Request, max_images: int) -> tuple[str | None, list, list[str]]:
+def _form_samples(value: object) -> int:
+    """The multipart field `dequantization_samples`, validated like the JSON one."""
+    if value is None or value == "":
+        return 1
+    text = value if isinstance(value, str) else ""
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_DEQUANTIZATION_SAMPLES:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("body", "dequantization_samples"),
+                    "msg": f"must be an integer from 1 to {MAX_DEQUANTIZATION_SAMPLES}, "
+                    f"got {str(value)[:20]!r}",
+                    "type": "value_error",
+                }
+            ]
+        )
+    return int(text)
+
+
+async def _read_multipart(request: Request, max_images: int) -> tuple[str | None, list, list[str], int]:
     try:
         form = await request.form(max_files=max_images + 1, max_fields=16)
     except Exception as exc:  # the multipart parser raises several types for malformed bodies
@@ -67,19 +94,21 @@ async def _read_multipart(request: Request, max_images: int) -> tuple[str | None
     model = form.get("model")
     items = [await up.read() for _, up in uploads]
     labels = [f"file {i} ({up.filename or key})" for i, (key, up) in enumerate(uploads)]
-    return (model if isinstance(model, str) and model else None), items, labels
+    samples = _form_samples(form.get("dequantization_samples"))
+    return (model if isinstance(model, str) and model else None), items, labels, samples
 
 
 @router.post("/logprob", response_model=LogProbResponse, openapi_extra=_OPENAPI)
 async def logprob(request: Request, state: ReadyState, _: Authorized) -> LogProbResponse:
-    """Score images: JSON `{"model"?, "images": [...]}` or multipart files under `files` (PNG/JPEG/.npy)."""
+    """Score images: JSON `{"model"?, "images": [...], "dequantization_samples"?}` or multipart files under
+    `files` (PNG/JPEG/.npy). `dequantization_samples` K > 1 gives the importance-weighted bound."""
     started = time.perf_counter()
     settings = state.settings
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
-        model_name, items, labels = await _read_json(request, settings.max_images_per_request)
+        model_name, items, labels, samples = await _read_json(request, settings.max_images_per_request)
     elif content_type == "multipart/form-data":
-        model_name, items, labels = await _read_multipart(request, settings.max_images_per_request)
+        model_name, items, labels, samples = await _read_multipart(request, settings.max_images_per_request)
     else:
         raise UnsupportedMediaType(
             f"content type {content_type or '(none)'!r} is not supported: "
@@ -87,14 +116,18 @@ async def logprob(request: Request, state: ReadyState, _: Authorized) -> LogProb
         )
     entry = state.registry.get(model_name)
     images = images_to_tensor(items, entry.model.image_shape, labels)
-    result = await until_disconnect(request, entry.logprob.submit([images], settings.request_timeout_s))
+    counts = torch.full((len(items),), samples, dtype=torch.int64)
+    result = await until_disconnect(
+        request, entry.logprob.submit([images, counts], settings.request_timeout_s)
+    )
     log_prob = result.output
     bpd = entry.model.bits_per_dim(log_prob)
     state.metrics.images_scored.labels(model=entry.model.name).inc(len(items))
-    request.state.log.update(model=entry.model.name, images=len(items))
+    request.state.log.update(model=entry.model.name, images=len(items), dequantization_samples=samples)
     return LogProbResponse(
         model=entry.model.name,
         num_dims=entry.model.num_dims,
+        dequantization_samples=samples,
         results=[
             ImageScore(log_prob=lp, bits_per_dim=b)
             for lp, b in zip(log_prob.tolist(), bpd.tolist(), strict=True)

@@ -1,0 +1,191 @@
+"""POST /encode, /decode, /interpolate: the latent space of a flow, through the same batchers as
+/sample (decoding) and /logprob's images (encoding), with the same limits, errors and metrics."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from fastapi import APIRouter, Request, Response
+
+from model.images import encode_png, image_grid
+from model.interpolation import interpolate_latents
+
+from ..batching import BatchResult
+from ..errors import TooManyImages
+from ..imageio import images_to_tensor
+from ..latent_schemas import (
+    DecodeRequest,
+    DecodeResponse,
+    EncodeRequest,
+    EncodeResponse,
+    InterpolateRequest,
+    InterpolateResponse,
+    InterpolationEndpoint,
+)
+from ..latentio import images_payload, latents_payload, latents_to_tensors, npy_bytes
+from ..registry import ServedEntry
+from ..schemas import Timings
+from ..settings import Settings
+from ..state import AppState, Authorized, ReadyState
+from .common import until_disconnect
+
+router = APIRouter(tags=["latent space"])
+
+_RAW_RESPONSES = {
+    200: {
+        "content": {
+            "image/png": {"description": "one PNG (1 image) or a grid, with `Accept: image/png`"},
+            "application/x-npy": {"description": "uint8 (N, C, H, W), with `Accept: application/x-npy`"},
+        }
+    }
+}
+
+
+def _timings(started: float, results: list[BatchResult]) -> Timings:
+    """A request that went through several batchers in turn: their queue and inference times add up."""
+    return Timings(
+        queue_ms=round(sum(r.queue_s for r in results) * 1e3, 3),
+        inference_ms=round(sum(r.inference_s for r in results) * 1e3, 3),
+        total_ms=round((time.perf_counter() - started) * 1e3, 3),
+    )
+
+
+def _check_count(n: int, what: str, settings: Settings) -> None:
+    if n > settings.max_samples_per_request:
+        raise TooManyImages(f"{what} {n} exceeds this server's limit of {settings.max_samples_per_request}")
+
+
+def _raw_response(request: Request, images: torch.Tensor, model: str) -> Response | None:
+    """Raw PNG / .npy bytes when `Accept` asks for them, as /sample does."""
+    accept = [p.split(";")[0].strip().lower() for p in request.headers.get("accept", "").split(",")]
+    headers = {"X-Model": model, "X-Num-Images": str(images.shape[0])}
+    for media in accept:
+        if media == "image/png":
+            png = encode_png(images[0] if images.shape[0] == 1 else image_grid(images))
+            return Response(png, media_type="image/png", headers=headers)
+        if media == "application/x-npy":
+            return Response(npy_bytes(images.numpy()), media_type="application/x-npy", headers=headers)
+    return None
+
+
+async def _decode(
+    request: Request, state: AppState, entry: ServedEntry, latents: list[torch.Tensor]
+) -> BatchResult:
+    result = await until_disconnect(request, entry.sample.submit(latents, state.settings.request_timeout_s))
+    state.metrics.images_generated.labels(model=entry.model.name).inc(latents[0].shape[0])
+    return result
+
+
+def _images_response(
+    cls: type[DecodeResponse], request: Request, entry: ServedEntry, images: torch.Tensor, fmt: str, **extra
+):
+    raw = _raw_response(request, images, entry.model.name)
+    if raw is not None:
+        return raw
+    return cls(
+        model=entry.model.name,
+        num_images=images.shape[0],
+        image_shape=list(entry.model.image_shape),
+        format=fmt,
+        **extra,
+        **images_payload(images, fmt),
+    )
+
+
+@router.post("/encode", response_model=EncodeResponse)
+async def encode(body: EncodeRequest, request: Request, state: ReadyState, _: Authorized) -> EncodeResponse:
+    """Images → latents per level (finest first) and log|det ∂z/∂x|. /decode of these latents gives the
+    images back; with `dequantization: hashed`, log N(z) + log_det is /logprob's value (K = 1)."""
+    started = time.perf_counter()
+    settings = state.settings
+    if len(body.images) > settings.max_images_per_request:
+        raise TooManyImages(
+            f"{len(body.images)} images exceed this server's limit of {settings.max_images_per_request} "
+            "per request"
+        )
+    entry = state.registry.get(body.model)
+    labels = [f"images[{i}]" for i in range(len(body.images))]
+    images = images_to_tensor(body.images, entry.model.image_shape, labels)
+    hashed = torch.full((len(body.images),), body.dequantization == "hashed")
+    result = await until_disconnect(
+        request, entry.encode.submit([images, hashed], settings.request_timeout_s)
+    )
+    latents, log_det, log_prob = entry.model.unpack_encoded(result.output)
+    request.state.log.update(model=entry.model.name, images=len(body.images))
+    return EncodeResponse(
+        model=entry.model.name,
+        num_images=len(body.images),
+        format=body.format,
+        dequantization=body.dequantization,
+        latent_shapes=[list(s) for s in entry.model.flow.latent_shapes()],
+        latents=latents_payload(latents, body.format),
+        log_det=log_det.tolist(),
+        log_prob=log_prob.tolist(),
+        timings=_timings(started, [result]),
+    )
+
+
+@router.post("/decode", response_model=DecodeResponse, responses=_RAW_RESPONSES)
+async def decode(body: DecodeRequest, request: Request, state: ReadyState, _: Authorized):
+    """Latents (one array per level, as /encode returns them) → images. Shares /sample's batches."""
+    started = time.perf_counter()
+    entry = state.registry.get(body.model)
+    latents = latents_to_tensors(body.latents, entry.model.flow.latent_shapes())
+    n = latents[0].shape[0]
+    _check_count(n, "number of images", state.settings)
+    result = await _decode(request, state, entry, latents)
+    request.state.log.update(model=entry.model.name, images=n)
+    return _images_response(
+        DecodeResponse, request, entry, result.output, body.format, timings=_timings(started, [result])
+    )
+
+
+async def _endpoint_latents(
+    request: Request, state: AppState, entry: ServedEntry, ends: dict[str, InterpolationEndpoint]
+) -> tuple[dict[str, list[torch.Tensor]], list[BatchResult]]:
+    """Each end's latents: a seed's drawn as /sample draws them, images' encoded in one request."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for name, end in ends.items():
+        if end.seed is not None:
+            out[name] = entry.model.draw_latents(1, end.temperature, end.seed)
+    with_images = [name for name, end in ends.items() if end.image is not None]
+    if not with_images:
+        return out, []
+    images = images_to_tensor(
+        [ends[name].image for name in with_images],
+        entry.model.image_shape,
+        [f"{n}.image" for n in with_images],
+    )
+    hashed = torch.tensor([ends[name].dequantization == "hashed" for name in with_images])
+    result = await until_disconnect(
+        request, entry.encode.submit([images, hashed], state.settings.request_timeout_s)
+    )
+    latents, _, _ = entry.model.unpack_encoded(result.output)
+    for i, name in enumerate(with_images):
+        out[name] = [z[i : i + 1] for z in latents]
+    return out, [result]
+
+
+@router.post("/interpolate", response_model=InterpolateResponse, responses=_RAW_RESPONSES)
+async def interpolate(body: InterpolateRequest, request: Request, state: ReadyState, _: Authorized):
+    """The path between two images or seeds in latent space (all levels together), decoded: `steps`
+    images from `start` to `end`, both included; `spherical` (slerp, default) or `linear`."""
+    started = time.perf_counter()
+    _check_count(body.steps, "steps", state.settings)
+    entry = state.registry.get(body.model)
+    ends, results = await _endpoint_latents(request, state, entry, {"start": body.start, "end": body.end})
+    path, t = interpolate_latents(ends["start"], ends["end"], body.steps, body.method)
+    results.append(await _decode(request, state, entry, path))
+    request.state.log.update(model=entry.model.name, images=body.steps)
+    return _images_response(
+        InterpolateResponse,
+        request,
+        entry,
+        results[-1].output,
+        body.format,
+        steps=body.steps,
+        method=body.method,
+        t=t,
+        timings=_timings(started, results),
+    )
