@@ -16,4 +16,9 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null &
   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
     || echo "setup: dataset-fashion-mnist not installed (Fashion-MNIST tests will skip)"
 fi
+# Debian's chromium runs the playground's browser tests (Playwright drives it; it cannot download one).
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "setup: chromium not installed (browser tests will skip, or fail with FLOWS_REQUIRE_BROWSER=1)"
+fi
 echo "setup: ok ($("$VPY" -c 'import torch; print("torch", torch.__version__)'))"
