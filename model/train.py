@@ -206,7 +206,9 @@ def train(args: argparse.Namespace) -> Path:
             "test_bits_per_dim": test_bpd,
             "test_images": int(test_images.shape[0]),
             "num_parameters": flow.num_parameters(),
-            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+            "device": f"CPU, {torch.get_num_threads()} threads"
+            if device.type == "cpu"
+            else torch.cuda.get_device_name(device),
             "train_seconds": round(meta["train_seconds"], 1),
             "commit": _commit(),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),

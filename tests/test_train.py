@@ -62,6 +62,21 @@ def test_training_writes_log_and_curve_and_checkpoints_polyak_weights(tmp_path, 
     assert [r["epoch"] for r in read_training_log(out)] == [1, 2, 3]
 
 
+def test_model_card_and_plot_cli_describe_a_trained_checkpoint(tmp_path, digits):
+    from model.card import main as card_main
+    from model.evaluate import main as evaluate_main
+
+    out = tmp_path / "run"
+    assert train_main(_args(out, digits, "--epochs", "1")) == 0
+    (out / CURVE_FILE).unlink()
+    assert evaluate_main([str(out), "--plot"]) == 0 and (out / CURVE_FILE).is_file()
+    assert card_main([str(out)]) == 0
+    card = (out / "README.md").read_text()
+    bpd = read_training_log(out)[-1]["test_bits_per_dim"]
+    assert f"**{bpd:.3f}**" in card and "Glow" in card and f"]({CURVE_FILE})" in card
+    assert "1 epochs, 5 steps of batch 32" in card
+
+
 def test_plot_is_none_without_a_log(tmp_path):
     assert plot_learning_curve(tmp_path) is None
     (tmp_path / LOG_FILE).write_text(json.dumps({"epochs": [{"epoch": 1, "test_bits_per_dim": 2.0}]}))
