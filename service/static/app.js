@@ -335,6 +335,7 @@ async function score() {
   const pixels = previewPixels();
   const tbody = document.querySelector("#scores tbody");
   tbody.replaceChildren();
+  $("scores-wrap").hidden = false;
   const rows = await Promise.all(
     state.models.map(async (m) => {
       const tr = document.createElement("tr");
@@ -352,7 +353,7 @@ async function score() {
         tr.append(
           scoreCell(r.bits_per_dim.toFixed(4), "bpd"),
           scoreCell(r.log_prob.toFixed(2), "logp"),
-          scoreCell(many ? many.results[0].bits_per_dim.toFixed(4) : "(K = 1)", "bpd-k"),
+          scoreCell(many ? many.results[0].bits_per_dim.toFixed(4) : "same", "bpd-k"),
         );
         return [tr, null];
       } catch (err) {

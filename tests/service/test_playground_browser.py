@@ -50,7 +50,10 @@ def _missing(reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RealServer]:
-    args = ["--no-warmup", "--api-key", KEY, "--max-batch-images", "16", "--max-queue-images", str(QUEUE)]
+    # One torch thread: on a busy 2-core machine, the solves' many small ops are ~100× slower with two
+    # threads contending (measured: inverse-flow scoring of one image 12 s vs 0.1 s).
+    args = ["--no-warmup", "--torch-threads", "1", "--api-key", KEY]
+    args += ["--max-batch-images", "16", "--max-queue-images", str(QUEUE)]
     with RealServer(*args) as server:
         yield server
 
@@ -296,8 +299,17 @@ def test_phone_width_and_keyboard_only_use(browser, server):
         and page.locator("#panel-score").is_visible()
     )
     assert page.evaluate("() => document.activeElement.id") == "tab-score"
+    draw_stroke(page)
+    page.fill("#k-samples", "1")
+    page.focus("#score-button")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"() => document.querySelectorAll('#scores td.bpd').length === {len(SHIPPED)}")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    shot(page, "07-phone-score")
+    page.focus("#tab-score")
     page.keyboard.press("ArrowRight")
     assert page.locator("#panel-interpolate").is_visible()
+    shot(page, "07-phone-interpolate")
     page.keyboard.press("Home")
     assert page.locator("#panel-sample").is_visible()
     page.focus("#num-samples")
