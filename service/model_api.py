@@ -195,8 +195,6 @@ class ServedModel:
             "backend": {
                 "sample": self._backend_label("sample"),
                 "logprob": self._backend_label("score"),
-                "encode": f"torch:{self.device.type}",
-                "decode": self._backend_label("sample"),
             },
         }
 
