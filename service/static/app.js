@@ -47,7 +47,7 @@ async function api(path, body) {
 }
 
 function describe(err) {
-  if (!(err instanceof ApiError)) return `Unexpected error: ${err.message || err}`;
+  if (!(err instanceof ApiError)) return `Error: ${err.message || err}.`;
   if (err.status === 0) return `Network error: ${err.message}.`;
   if (err.status === 503 || err.status === 429) {
     const wait = err.retryAfter ? ` Try again in ${err.retryAfter} s.` : " Try again in a moment.";
@@ -318,7 +318,7 @@ async function loadFile(file) {
     state.drawn = true;
     refreshSources();
   } catch (err) {
-    showError(new Error(`cannot read ${file.name} as an image (${err.message || err})`));
+    showError(new Error(`cannot read ${file.name} as an image (use a PNG, JPEG, GIF or WebP file)`));
   }
 }
 
