@@ -102,14 +102,20 @@ def _digest(files: list[Path], flags: str) -> str:
     return h.hexdigest()[:16]
 
 
-def cxx_command(cxx: str, sources: list[Path], output: Path, flags: list[str], shared: bool = True) -> list[str]:
-    """g++ command line for the host driver: a shared library (ctypes) or an executable (the TSan self-test)."""
+def cxx_command(
+    cxx: str, sources: list[Path], output: Path, flags: list[str], shared: bool = True
+) -> list[str]:
+    """g++ command line: a shared library (ctypes) or an executable (the ThreadSanitizer self-test)."""
     kind = ["-shared", "-fPIC"] if shared else []
     return [cxx, *CXX_FLAGS, *flags, *kind, "-o", str(output), *map(str, sources)]
 
 
 def compile_host(
-    sources: list[Path], name: str, flags: list[str] | None = None, shared: bool = True, cache: Path | None = None
+    sources: list[Path],
+    name: str,
+    flags: list[str] | None = None,
+    shared: bool = True,
+    cache: Path | None = None,
 ) -> Path:
     """Compile host C++ sources with g++ into `cache` (default: the kernel cache), keyed by content hash;
     raises CompileError."""

@@ -17,7 +17,14 @@ from .build import build_kernels
 from .folding import Problem, prepare
 from .loader import LibraryLoader
 
-__all__ = ["KernelError", "available", "load", "tl_conv2d_solve", "tl_conv2d_solve_transposed", "unavailable_reason"]
+__all__ = [
+    "KernelError",
+    "available",
+    "load",
+    "tl_conv2d_solve",
+    "tl_conv2d_solve_transposed",
+    "unavailable_reason",
+]
 
 _I64 = ctypes.c_int64
 _SOLVE_ARGS = [ctypes.c_void_p] * 4 + [_I64] * 8 + [ctypes.c_void_p]

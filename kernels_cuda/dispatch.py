@@ -57,7 +57,9 @@ def resolve_backend(tensor: torch.Tensor, backend: str | None = None) -> str:
         from . import host_backend
 
         if not host_backend.available():
-            raise RuntimeError(f"kernel backend 'cuda_host' is unavailable: {host_backend.unavailable_reason()}")
+            raise RuntimeError(
+                f"kernel backend 'cuda_host' is unavailable: {host_backend.unavailable_reason()}"
+            )
         return "cuda_host"
     return "cuda" if tensor.is_cuda and cuda_kernels_available() else "torch"
 

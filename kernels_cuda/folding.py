@@ -3,8 +3,10 @@
 The kernels read one tensor per (weight, direction): `(G, k·k, Cg_in, Cg_out)` with tap `a·k + b` holding
 `M = D⁻¹W` and the centre slot holding `(D⁻¹)ᵀ` (docs/math.md §2, kernels_cuda/csrc/tl_solve_core.cuh).
 Folding costs a dozen small torch ops, so it is done once per weight *version*: the cache is keyed by the
-tensor's identity and checked against its `_version` counter and data pointer, which every in-place update
-(optimizer steps included) changes. Half and bfloat16 inputs are computed in float32.
+tensor's identity and checked against its `_version` counter and data pointer, which every in-place op
+changes. Only weights that do not require grad are cached (frozen inference weights, see
+`TriangularKernel.freeze`); writes through `.data` bypass version counters: call `folded_weights.clear()`
+after such a write. Half and bfloat16 inputs are computed in float32.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ import torch
 
 from .reference import check_shapes, fold_centre, transpose_groups
 
-__all__ = ["MAX_INDEX", "FoldCache", "Problem", "compute_dtype", "fold_for_kernel", "folded_weights", "prepare"]
+__all__ = [
+    "MAX_INDEX",
+    "FoldCache",
+    "Problem",
+    "compute_dtype",
+    "fold_for_kernel",
+    "folded_weights",
+    "prepare",
+]
 
 MAX_INDEX = 2**31 - 1  # the kernels index a block's plane and the grid with 32-bit ints
 
@@ -35,7 +45,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def fold_for_kernel(weight: torch.Tensor, groups: int, transposed: bool, dtype: torch.dtype) -> torch.Tensor:
     """`(G, k·k, Cg_in, Cg_out)`: `D⁻¹W` per off-centre tap, `(D⁻¹)ᵀ` in the centre slot; folded in float64.
 
-    `transposed` folds the weight of `Aᵀ` in the flipped frame (per-group transposed, upper-triangular centre).
+    `transposed` folds the weight of `Aᵀ` in the flipped frame (per-group transposed, upper centre).
     """
     w = weight.detach().to(torch.float64)
     if transposed:
@@ -65,10 +75,11 @@ class FoldCache:
         self.hits = self.misses = 0
 
     def get(self, weight: torch.Tensor, groups: int, transposed: bool, dtype: torch.dtype) -> torch.Tensor:
-        try:
-            version = weight._version
-        except RuntimeError:  # inference-mode tensors carry no version counter: fold without caching
+        if weight.requires_grad or weight.is_inference():
+            # A trainable weight changes every step (and gradcheck perturbs it through `.data`, which no
+            # version counter sees); inference-mode tensors have no version counter: fold, don't cache.
             return fold_for_kernel(weight, groups, transposed, dtype)
+        version = weight._version
         key = (id(weight), groups, transposed, dtype)
         with self._lock:
             entry = self._entries.get(key)
