@@ -21,6 +21,7 @@ __all__ = [
     "KernelError",
     "available",
     "load",
+    "loaded",
     "tl_conv2d_solve",
     "tl_conv2d_solve_transposed",
     "unavailable_reason",
@@ -55,6 +56,11 @@ _loader = LibraryLoader("CUDA kernels", build_kernels, _bind, _precondition)
 def load(retry: bool = True) -> bool:
     """Build (or find in the cache) and load the kernels now; True when they are usable."""
     return _loader.load(retry) is not None
+
+
+def loaded() -> bool:
+    """True when the kernels are loaded; unlike `available()`, never starts a build."""
+    return _loader.loaded
 
 
 def available() -> bool:

@@ -64,6 +64,11 @@ class LibraryLoader:
             return self._lib
 
     @property
+    def loaded(self) -> bool:
+        """True when the library is loaded (never triggers an attempt)."""
+        return self._lib is not None
+
+    @property
     def reason(self) -> str | None:
         """Why the library is not loaded (None when it is, or before the first attempt)."""
         return self._reason

@@ -133,3 +133,26 @@ def test_thread_sanitizer_sees_the_race_when_the_diagonal_barrier_is_removed(tsa
     result = _run(tsan_selftest, "4", "--no-diagonal-barrier")
     assert "ThreadSanitizer: data race" in result.stderr
     assert result.returncode != 0
+
+
+def test_a_failed_build_is_remembered_until_an_explicit_retry(caplog):
+    """Dispatch (`get`) never rebuilds after a failure, so no request waits for a compiler; `load(retry=True)`
+    (what the service calls at start-up) tries again and can succeed."""
+    from kernels_cuda.build import CompileError, build_host_driver
+    from kernels_cuda.loader import LibraryLoader
+
+    outcomes = [CompileError("compiler crashed"), None]
+
+    def build():
+        failure = outcomes.pop(0)
+        if failure is not None:
+            raise failure
+        return build_host_driver()
+
+    loader = LibraryLoader("test library", build, host_backend._bind)
+    with caplog.at_level("WARNING", logger="kernels_cuda"):
+        assert loader.get() is None and loader.get() is None
+    assert loader.attempts == 1 and "compiler crashed" in loader.reason
+    assert sum("compiler crashed" in r.getMessage() for r in caplog.records) == 1  # logged once
+    assert loader.load(retry=True) is not None and loader.loaded and loader.attempts == 2
+    assert loader.reason is None
