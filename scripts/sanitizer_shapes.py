@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, without an editable install
 
 from kernels_cuda import reference, tl_conv2d_solve, tl_conv2d_solve_transposed
 
