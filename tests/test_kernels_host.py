@@ -156,3 +156,31 @@ def test_a_failed_build_is_remembered_until_an_explicit_retry(caplog):
     assert sum("compiler crashed" in r.getMessage() for r in caplog.records) == 1  # logged once
     assert loader.load(retry=True) is not None and loader.loaded and loader.attempts == 2
     assert loader.reason is None
+
+
+@pytest.mark.parametrize("arch", ["finc", "inverse_flow"])
+def test_a_frozen_flow_runs_the_kernel_source_like_the_reference(arch, monkeypatch):
+    """Whole models (four orientations as groups, frozen weights, fold cache) through `cuda_host`."""
+    from model import FlowConfig, build_flow
+
+    from .helpers import randomise_parameters
+
+    config = FlowConfig(arch=arch, image_shape=(1, 8, 8), levels=1, steps=1, hidden=8, kernel_size=3)
+    flow = build_flow(config)
+    flow.train()
+    flow.log_prob(torch.randint(0, 256, (4, 1, 8, 8)))
+    randomise_parameters(flow, std=0.02)
+    flow = flow.eval().double().freeze()
+    latents = flow.sample_latents(3, 0.7, torch.Generator().manual_seed(0))
+    images = torch.randint(0, 256, (3, 1, 8, 8))
+    results = {}
+    for backend in ("torch", "cuda_host"):
+        monkeypatch.setenv("FLOWS_KERNELS", backend)
+        with torch.inference_mode():
+            results[backend] = (flow.decode(latents), flow.log_prob(images))
+    for got, want in zip(results["cuda_host"], results["torch"], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+    hits = folding.folded_weights.hits
+    with torch.inference_mode():  # FLOWS_KERNELS is still cuda_host
+        flow.decode(latents), flow.log_prob(images)
+    assert folding.folded_weights.hits > hits  # frozen weights are folded once, then reused
