@@ -5,6 +5,7 @@
 #   3. compute-sanitizer memcheck, racecheck and synccheck over scripts/sanitizer_shapes.py
 #   4. benchmarks/solve_gpu.py (ours vs per-diagonal-per-channel baseline vs cuDNN) -> results/solve_gpu_*.json
 #   5. benchmarks/e2e_gpu.py (sample / score 100 images per shipped model)      -> results/e2e_gpu_*.json
+#   6. benchmarks/load.py against `python -m service` on the GPU               -> results/load_sample_gpu_*.json
 # Every step runs even when an earlier one fails; the summary lists each step's status and the script exits
 # non-zero when any failed. Logs go to $LOG_DIR (default benchmarks/results/gpu_check_logs).
 #
@@ -68,6 +69,13 @@ EOF
   done
   step solve-benchmark "$PYTHON" benchmarks/solve_gpu.py $QUICK
   step e2e-benchmark "$PYTHON" benchmarks/e2e_gpu.py
+  # The service on the GPU (load.py starts `python -m service`, device auto = cuda) vs the raw model. load.py
+  # writes results/load_sample.json, the committed CPU result: keep that, file the GPU one under its device.
+  SLUG=$("$PYTHON" -c "from benchmarks.common import device_slug; import torch; print(device_slug(torch.cuda.get_device_name()))")
+  cp benchmarks/results/load_sample.json "$LOG_DIR/load_sample.cpu.json" 2>/dev/null || true
+  step service-load "$PYTHON" benchmarks/load.py --op sample --clients 4 16 --duration 5
+  [ -f benchmarks/results/load_sample.json ] && mv benchmarks/results/load_sample.json "benchmarks/results/load_sample_gpu_$SLUG.json"
+  cp "$LOG_DIR/load_sample.cpu.json" benchmarks/results/load_sample.json 2>/dev/null || true
 fi
 
 echo "=== summary"
