@@ -1,6 +1,7 @@
 """Evaluate a checkpoint: `python -m model.evaluate CHECKPOINT [--device auto] [--grid samples.png]`.
 
 Prints test bits/dim, sampling and scoring throughput (images/s) on the device, and writes a grid.
+`--plot` only draws the learning curve from the checkpoint's training log (`learning_curve.png`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_flow, read_config
+from .curves import LOG_FILE, plot_learning_curve
 from .data import load_dataset
 from .images import save_grid
 from .train import evaluate_bits_per_dim
@@ -51,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--write-config", action="store_true", help="store the measured test bits/dim in config.json"
     )
+    p.add_argument("--plot", action="store_true", help="only draw CHECKPOINT/learning_curve.png from its log")
     args = p.parse_args(argv)
+    if args.plot:
+        path = plot_learning_curve(args.checkpoint)
+        print(path if path else f"{args.checkpoint} has no {LOG_FILE}: nothing to plot", file=sys.stderr)
+        return 0 if path else 1
 
     device = torch.device(
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,13 +1,17 @@
 """Train a flow and write a checkpoint: `python -m model.train --arch finc --dataset mnist --out DIR`.
 
-Every epoch: test bits/dim, a sample grid PNG, and a checkpoint. `--max-minutes` stops cleanly mid-epoch
-with a resumable state (`--resume`), so long runs fit into short jobs. Seeded: the same seed and
-arguments give the same batches, also across a resume.
+Every epoch: test bits/dim, a sample grid PNG, a checkpoint, the training log (`training_log.json`) and
+its learning curve (`learning_curve.png`). `--max-minutes` stops cleanly mid-epoch with a resumable state
+(`--resume`), so long runs fit into short jobs. Seeded: the same seed and arguments give the same batches,
+also across a resume. With `--ema-decay` the checkpoint holds Polyak (exponential moving average) weights,
+which evaluate better than the last iterate; the live weights stay in the training state. A non-finite
+loss stops the run with its step number and leaves the last good checkpoint untouched.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -24,15 +28,21 @@ from tqdm import tqdm
 
 from .checkpoint import load_flow, read_config, save_flow
 from .config import FlowConfig
+from .curves import plot_learning_curve, write_training_log
 from .data import ImageData, load_dataset
 from .flow import MultiScaleFlow, build_flow
 from .images import save_grid
 from .layers import dequantize
 
-__all__ = ["evaluate_bits_per_dim", "main", "train"]
+__all__ = ["TrainingError", "evaluate_bits_per_dim", "learning_rate", "main", "train"]
 
 log = logging.getLogger("model.train")
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
+LIVE_WEIGHTS = "train_state_live.safetensors"  # the optimised weights when the checkpoint holds EMA weights
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on: the data does not fit the model, or the loss stopped being finite."""
 
 
 def _commit() -> str:
@@ -91,15 +101,51 @@ def _load_train_state(out: Path, optimizer: torch.optim.Optimizer, device: torch
 
 
 def _config_from_args(args: argparse.Namespace, data: ImageData) -> FlowConfig:
-    return FlowConfig(
-        arch=args.arch,
-        image_shape=data.image_shape,
-        levels=args.levels,
-        steps=args.steps,
-        hidden=args.hidden,
-        kernel_size=args.kernel_size,
-        learn_diagonal=not args.fixed_diagonal,
-    )
+    try:
+        return FlowConfig(
+            arch=args.arch,
+            image_shape=data.image_shape,
+            levels=args.levels,
+            steps=args.steps,
+            hidden=args.hidden,
+            kernel_size=args.kernel_size,
+            learn_diagonal=not args.fixed_diagonal,
+        )
+    except ValueError as exc:
+        c, h, w = data.image_shape
+        raise TrainingError(
+            f"dataset {data.name!r} has {c}×{h}×{w} images, which this configuration cannot model: {exc}"
+        ) from exc
+
+
+def learning_rate(args: argparse.Namespace, step: int, total_steps: int) -> float:
+    """Linear warm-up over `--warmup-steps`, then constant or cosine decay to `lr * min_lr_ratio`."""
+    warmup = min(1.0, (step + 1) / max(1, args.warmup_steps))
+    if args.lr_schedule == "constant":
+        return args.lr * warmup
+    progress = min(1.0, max(0.0, (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)))
+    decay = args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return args.lr * warmup * decay
+
+
+class _PolyakAverage:
+    """Exponential moving average of a flow's parameters; buffers (ActNorm's flag, masks) are copied.
+
+    The decay ramps up as `min(decay, (1 + step) / (10 + step))`, so that the average forgets the
+    random initialisation within the first few hundred steps instead of carrying `decay^step` of it.
+    """
+
+    def __init__(self, flow: MultiScaleFlow, decay: float):
+        self.module = copy.deepcopy(flow)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, flow: MultiScaleFlow, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        averaged, live = list(self.module.parameters()), list(flow.parameters())
+        torch._foreach_lerp_(averaged, live, 1.0 - decay)
+        for mine, theirs in zip(self.module.buffers(), flow.buffers(), strict=True):
+            mine.copy_(theirs)
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -117,9 +163,18 @@ def train(args: argparse.Namespace) -> Path:
     resuming = args.resume and (out / STATE_JSON).is_file()
     if resuming:
         flow = load_flow(out, device=device).train()
+        if flow.config.image_shape != data.image_shape:
+            raise TrainingError(
+                f"{out} models {flow.config.image_shape} images, dataset {data.name!r} has {data.image_shape}"
+            )
         log.info("resuming from %s", out)
     else:
         flow = build_flow(_config_from_args(args, data)).to(device).train()
+    ema = None
+    if args.ema_decay > 0:
+        ema = _PolyakAverage(flow, args.ema_decay)  # the checkpoint's weights when resuming
+        if resuming and (out / LIVE_WEIGHTS).is_file():
+            flow.load_state_dict(load_file(str(out / LIVE_WEIGHTS), device=str(device)))
     optimizer = torch.optim.Adam(flow.parameters(), lr=args.lr)
     meta: dict[str, Any] = {"epoch": 0, "batch": 0, "global_step": 0, "history": [], "train_seconds": 0.0}
     if resuming:
@@ -128,16 +183,21 @@ def train(args: argparse.Namespace) -> Path:
 
     n_dims = flow.num_dims
     batches_per_epoch = data.train.shape[0] // args.batch_size
+    if batches_per_epoch == 0:
+        raise TrainingError(f"dataset {data.name!r} has fewer images than one batch ({args.batch_size})")
+    total_steps = args.epochs * batches_per_epoch
     started = time.monotonic()
     train_seconds_before = meta["train_seconds"]
     log.info(
-        "arch=%s dataset=%s params=%d device=%s batches/epoch=%d",
+        "arch=%s dataset=%s params=%d device=%s batches/epoch=%d ema=%s",
         flow.config.arch,
         data.name,
         flow.num_parameters(),
         device,
         batches_per_epoch,
+        args.ema_decay or "off",
     )
+    served = (lambda: ema.module) if ema is not None else (lambda: flow)
 
     def summary(test_bpd: float | None) -> dict[str, Any]:
         return {
@@ -146,10 +206,14 @@ def train(args: argparse.Namespace) -> Path:
             "steps": meta["global_step"],
             "batch_size": args.batch_size,
             "lr": args.lr,
+            "lr_schedule": args.lr_schedule,
+            "ema_decay": args.ema_decay,
             "test_bits_per_dim": test_bpd,
             "test_images": int(test_images.shape[0]),
             "num_parameters": flow.num_parameters(),
-            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+            "device": f"CPU, {torch.get_num_threads()} threads"
+            if device.type == "cpu"
+            else torch.cuda.get_device_name(device),
             "train_seconds": round(meta["train_seconds"], 1),
             "commit": _commit(),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -158,7 +222,11 @@ def train(args: argparse.Namespace) -> Path:
 
     def checkpoint(test_bpd: float | None) -> None:
         meta["train_seconds"] = train_seconds_before + time.monotonic() - started
-        save_flow(flow, out, summary(test_bpd))
+        save_flow(served(), out, summary(test_bpd))
+        if ema is not None:
+            state = {k: v.detach().contiguous().cpu() for k, v in flow.state_dict().items()}
+            save_file(state, str(out / (LIVE_WEIGHTS + ".tmp")))
+            (out / (LIVE_WEIGHTS + ".tmp")).replace(out / LIVE_WEIGHTS)
         _save_train_state(out, optimizer, meta)
 
     while meta["epoch"] < args.epochs:
@@ -175,21 +243,35 @@ def train(args: argparse.Namespace) -> Path:
             dynamic_ncols=True,
         )
         noise = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + meta["global_step"])
+        loss_sum, loss_count = meta.get("epoch_loss_sum", 0.0), meta.get("epoch_loss_count", 0)
+        lr = learning_rate(args, meta["global_step"], total_steps)
         for b in bar:
             idx = order[b * args.batch_size : (b + 1) * args.batch_size]
             x = dequantize(data.train[idx].to(device=device, dtype=torch.float32), "uniform", noise)
-            warmup = min(1.0, (meta["global_step"] + 1) / max(1, args.warmup_steps))
+            lr = learning_rate(args, meta["global_step"], total_steps)
             for group in optimizer.param_groups:
-                group["lr"] = args.lr * warmup
+                group["lr"] = lr
             loss = -flow.log_prob_continuous(x).mean() / (n_dims * math.log(2))
+            if not torch.isfinite(loss):
+                step = meta["global_step"] + 1
+                raise TrainingError(
+                    f"loss is {loss.item()} at step {step} (epoch {epoch + 1}, batch {b + 1}); the last good"
+                    f" checkpoint in {out} is untouched (lower --lr or --grad-clip, then --resume)"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), args.grad_clip)
-            if torch.isfinite(loss) and torch.isfinite(grad_norm):
+            if torch.isfinite(grad_norm):
                 optimizer.step()
+                if ema is not None:
+                    ema.update(flow, meta["global_step"])
+            else:
+                log.warning("step %d: non-finite gradient norm, step skipped", meta["global_step"] + 1)
+            loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
             meta["global_step"] += 1
             meta["batch"] = b + 1
-            bar.set_postfix(bpd=f"{loss.item():.3f}", gnorm=f"{grad_norm.item():.2f}")
+            meta["epoch_loss_sum"], meta["epoch_loss_count"] = loss_sum, loss_count
+            bar.set_postfix(bpd=f"{loss.item():.3f}", gnorm=f"{grad_norm.item():.2f}", lr=f"{lr:.2e}")
             if args.max_steps and meta["global_step"] >= args.max_steps:
                 break
             if args.max_minutes and time.monotonic() - started > 60 * args.max_minutes:
@@ -202,18 +284,29 @@ def train(args: argparse.Namespace) -> Path:
             log.info("stopped mid-epoch %d at batch %d (resume with --resume)", epoch + 1, meta["batch"])
             return out
         meta["epoch"], meta["batch"] = epoch + 1, 0
-        test_bpd = evaluate_bits_per_dim(flow, test_images, device=device)
+        meta["epoch_loss_sum"], meta["epoch_loss_count"] = 0.0, 0
+        model = served()
+        test_bpd = evaluate_bits_per_dim(model, test_images, device=device)
         meta["history"].append(
-            {"epoch": epoch + 1, "step": meta["global_step"], "test_bits_per_dim": test_bpd}
+            {
+                "epoch": epoch + 1,
+                "step": meta["global_step"],
+                "test_bits_per_dim": test_bpd,
+                "train_bits_per_dim": loss_sum / max(1, loss_count),
+                "lr": lr,
+                "train_seconds": round(train_seconds_before + time.monotonic() - started, 1),
+            }
         )
-        flow.eval()
+        model.eval()
         with torch.no_grad():
-            samples = flow.sample(
+            samples = model.sample(
                 64, temperature=args.sample_temperature, generator=torch.Generator(device).manual_seed(0)
             )
-        flow.train()
+        model.train()
         save_grid(samples, out / f"samples_epoch{epoch + 1:03d}.png", nrow=8)
         checkpoint(test_bpd)
+        write_training_log(out, meta["history"])
+        plot_learning_curve(out, title=f"{flow.config.arch} on {data.name}")
         log.info("epoch %d: test bits/dim %.4f (%d images)", epoch + 1, test_bpd, test_images.shape[0])
         if out_of_time or out_of_steps:
             return out
@@ -231,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine", help="after warm-up")
+    p.add_argument("--min-lr-ratio", type=float, default=0.02, help="cosine decays to lr × this at the end")
+    p.add_argument(
+        "--ema-decay", type=float, default=0.999, help="Polyak/EMA weights in the checkpoint (0: off)"
+    )
     p.add_argument("--grad-clip", type=float, default=50.0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--resume", action="store_true", help="continue from --out if it holds a training state")
@@ -255,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = train(args)
+    try:
+        out = train(args)
+    except TrainingError as exc:
+        log.error("%s", exc)
+        return 2
     print(json.dumps(read_config(out)["training"], indent=2))
     return 0
 

