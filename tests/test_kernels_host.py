@@ -184,3 +184,15 @@ def test_a_frozen_flow_runs_the_kernel_source_like_the_reference(arch, monkeypat
     with torch.inference_mode():  # FLOWS_KERNELS is still cuda_host
         flow.decode(latents), flow.log_prob(images)
     assert folding.folded_weights.hits > hits  # frozen weights are folded once, then reused
+
+
+def test_a_frozen_triangular_kernel_is_one_unchanging_tensor():
+    from model.layers.triangular import TriangularKernel
+
+    kernel = TriangularKernel(8, 3, groups=4, generator=torch.Generator().manual_seed(0))
+    live = kernel.weight
+    kernel.freeze()
+    assert kernel.weight is kernel.weight and not kernel.weight.requires_grad
+    torch.testing.assert_close(kernel.weight, live.detach(), atol=0, rtol=0)
+    kernel.freeze(False)
+    assert kernel.weight is not kernel.weight and kernel.weight.requires_grad
