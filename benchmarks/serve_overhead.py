@@ -70,7 +70,9 @@ def plain_server(settings: dict[str, Any]) -> Iterator[str]:
 
 
 @contextmanager
-def local_serve(settings: dict[str, Any], replicas: int = 1, cpus: int = 2) -> Iterator[str]:
+def local_serve(
+    settings: dict[str, Any], replicas: int = 1, cpus: int = 2, access_log: bool = False
+) -> Iterator[str]:
     """A local Ray instance with the service deployed as `replicas` Serve replicas on 127.0.0.1."""
     os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"})
     import ray
@@ -168,6 +170,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each concurrent run")
     p.add_argument("--model", default="glow-mnist", help="a cheap model keeps the proxy's share visible")
     p.add_argument("--backend", default="torch")
+    p.add_argument("--serve-access-log", action="store_true", help="Serve's own access log on (its default)")
     args = p.parse_args()
     settings = {
         "models": str(ROOT / "checkpoints"),
@@ -176,14 +179,21 @@ def main() -> None:
         "torch_threads": 1,  # Ray gives a 1-CPU replica one thread; the plain server gets the same
     }
     digit = encode_png(load_mnist().test[0])
-    with plain_server(settings) as plain_url, local_serve(settings, replicas=1, cpus=1) as serve_url:
+    with (
+        plain_server(settings) as plain_url,
+        local_serve(settings, replicas=1, cpus=1, access_log=args.serve_access_log) as serve_url,
+    ):
         urls = {"plain": plain_url, "serve": serve_url}
         rows = [*_sequential(urls, args, digit), _concurrent(urls, args)]
     cols = ["request", "plain_p50_ms", "serve_p50_ms", "overhead_p50_ms", "plain_p95_ms", "serve_p95_ms",
             "plain_req_per_s", "serve_req_per_s", "serve_over_plain_throughput"]  # fmt: skip
-    print(f"Ray Serve (1 replica, local) vs python -m service: same app, settings and machine; {args.model}")
+    variant = "Serve access log on" if args.serve_access_log else "Serve access log off (our default)"
+    print(
+        f"Ray Serve (1 replica, local) vs python -m service, same app and settings; {args.model}; {variant}"
+    )
     print_table(rows, cols)
-    print("wrote", write_results("serve_overhead", rows, settings=settings, model=args.model))
+    name = "serve_overhead_access_log" if args.serve_access_log else "serve_overhead"
+    print("wrote", write_results(name, rows, settings=settings, model=args.model, variant=variant))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ _DEFAULT_OPTIONS: dict[str, Any] = {
     "health_check_timeout_s": 30.0,
     "graceful_shutdown_timeout_s": 40.0,
     "ray_actor_options": {"num_cpus": 1},
+    # The app already logs one JSON line per request; Serve's own access line per request costs ~1 ms more.
+    "logging_config": {"enable_access_log": False},
 }
 # Serve reads this variable in each HTTP proxy (set it on every node before `ray start`).
 PROXY_CALLBACK = ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "service.ray_serve.proxy_middlewares")
