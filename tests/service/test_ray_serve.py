@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -33,7 +34,14 @@ ray = pytest.importorskip("ray", reason="needs the .[ray] extra")
 serve = pytest.importorskip("ray.serve")
 from ray.serve.schema import ServeDeploySchema  # noqa: E402
 
-from service.ray_serve import DEFAULT_CONFIG, PROXY_CALLBACK, FlowService, build_app  # noqa: E402
+from service.ray_serve import (  # noqa: E402
+    DEFAULT_CONFIG,
+    PROXY_CALLBACK,
+    FlowService,
+    ReplicaLostAs503,
+    ReplicaNotReady,
+    build_app,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.skipif(not SHIPPED, reason="no shipped checkpoints")]
 
@@ -249,3 +257,49 @@ def test_a_replica_killed_mid_traffic_is_restarted_and_retrying_clients_lose_not
     assert not failures, failures[:3]
     assert set(first_attempts) <= {200, 503}, first_attempts
     assert first_attempts[200] > 0
+
+
+def test_the_health_check_fails_until_the_app_is_ready_and_again_once_it_drains():
+    check_health = FlowService.func_or_class.check_health  # the method Serve calls on each replica
+    replica = SimpleNamespace(_app=None)  # the replica's state (Serve's wrapper class needs a running Serve)
+    with pytest.raises(ReplicaNotReady):
+        check_health(replica)  # before Serve built the app
+    replica._app = create_app(Settings(**SETTINGS))
+    with pytest.raises(ReplicaNotReady):
+        check_health(replica)  # built, models not loaded yet
+    with TestClient(replica._app):  # runs the lifespan: load, then drain on exit
+        check_health(replica)
+    with pytest.raises(ReplicaNotReady):
+        check_health(replica)
+
+
+async def test_the_proxy_answers_503_for_a_request_its_replica_never_answered():
+    async def replica_died(scope, receive, send):
+        raise RuntimeError("ActorDiedError")
+
+    async def answered(scope, receive, send):
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b"the app's own 500"})
+
+    async def died_mid_response(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("ActorDiedError")
+
+    def client(app) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=ReplicaLostAs503(app), raise_app_exceptions=True)
+        return httpx.AsyncClient(transport=transport, base_url="http://serve")
+
+    async with client(replica_died) as c:
+        r = await c.post("/sample", json={}, headers={"x-request-id": "abc"})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"] == {
+        "code": "replica_unavailable",
+        "message": "the replica serving this request stopped; retry",
+        "request_id": "abc",
+    }
+    async with client(answered) as c:
+        r = await c.get("/")
+    assert r.status_code == 500 and r.text == "the app's own 500"  # a response that came is passed on
+    async with client(died_mid_response) as c:
+        with pytest.raises(RuntimeError):  # too late for a 503: the status line is out
+            await c.get("/")
