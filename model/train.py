@@ -133,16 +133,21 @@ def learning_rate(args: argparse.Namespace, step: int, total_steps: int) -> floa
 
 
 class _PolyakAverage:
-    """Exponential moving average of a flow's parameters; buffers (ActNorm's flag, masks) are copied."""
+    """Exponential moving average of a flow's parameters; buffers (ActNorm's flag, masks) are copied.
+
+    The decay ramps up as `min(decay, (1 + step) / (10 + step))`, so that the average forgets the
+    random initialisation within the first few hundred steps instead of carrying `decay^step` of it.
+    """
 
     def __init__(self, flow: MultiScaleFlow, decay: float):
         self.module = copy.deepcopy(flow)
         self.decay = decay
 
     @torch.no_grad()
-    def update(self, flow: MultiScaleFlow) -> None:
+    def update(self, flow: MultiScaleFlow, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
         averaged, live = list(self.module.parameters()), list(flow.parameters())
-        torch._foreach_lerp_(averaged, live, 1.0 - self.decay)
+        torch._foreach_lerp_(averaged, live, 1.0 - decay)
         for mine, theirs in zip(self.module.buffers(), flow.buffers(), strict=True):
             mine.copy_(theirs)
 
@@ -298,7 +303,7 @@ def train(args: argparse.Namespace) -> Path:
             if torch.isfinite(grad_norm):
                 optimizer.step()
                 if ema is not None:
-                    ema.update(flow)
+                    ema.update(flow, meta["global_step"])
             else:
                 log.warning("step %d: non-finite gradient norm, step skipped", meta["global_step"] + 1)
             loss_sum, loss_count = loss_sum + reported.item(), loss_count + 1
