@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -46,9 +47,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write_results(name: str, rows: list[dict[str, Any]], **extra: Any) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_results(name: str, rows: list[dict[str, Any]], directory: Path | None = None, **extra: Any) -> Path:
+    """`{directory or benchmarks/results}/{name}.json` with the machine described."""
+    directory = directory or RESULTS
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     payload = {
         "benchmark": name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -64,3 +67,8 @@ def write_results(name: str, rows: list[dict[str, Any]], **extra: Any) -> Path:
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def device_slug(device_name: str) -> str:
+    """`NVIDIA H100 80GB HBM3` → `nvidia-h100-80gb-hbm3`: the suffix of GPU result files."""
+    return re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-") or "unknown"

@@ -7,6 +7,9 @@ rejection rate and mean batch size per load level, beside the raw model's throug
 size measured in this run (same backend choice as the server), and writes benchmarks/results/load.json.
 Targets: service throughput ≥ 80% of raw on the CPU (≥ 90% on a GPU); p99 at half of peak load ≤ 2× the
 single-request latency.
+
+`--serve-replicas N` targets a local Ray Serve deployment of N replicas instead (the `.[ray]` extra);
+/metrics then shows the batches of whichever replica answers it.
 """
 
 from __future__ import annotations
@@ -177,9 +180,16 @@ def main() -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--max-batch-images", type=int, default=64)
     p.add_argument("--raw-repeats", type=int, default=20)
+    p.add_argument("--serve-replicas", type=int, default=0, help="target a local Ray Serve deployment")
     args = p.parse_args()
-    server = None
+    server = serve_app = None
     url = args.url
+    if url is None and args.serve_replicas:
+        from benchmarks.serve_overhead import local_serve
+
+        settings = {"models": args.models, "backend": args.backend, "max_batch_images": args.max_batch_images}
+        serve_app = local_serve(settings, replicas=args.serve_replicas)
+        url = serve_app.__enter__()
     if url is None:
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
@@ -214,6 +224,8 @@ def main() -> None:
         if server is not None:
             server.terminate()
             server.wait(60)
+        if serve_app is not None:
+            serve_app.__exit__(None, None, None)
     best = max(rows, key=lambda r: r["images_per_s"])
     batch = max(1, round(best["mean_batch_images"]))
     raw = raw_throughput(args, batch)

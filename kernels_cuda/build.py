@@ -1,6 +1,10 @@
-"""Compile CUDA sources into shared libraries with `nvcc` (no torch C++ headers), cached by content hash.
+"""Compile the kernel sources into shared libraries (no torch C++ headers), cached by content hash.
 
-    python -m kernels_cuda.build            # build (or find) the kernels; prints the library path
+    python -m kernels_cuda.build            # build (or find) the CUDA kernels with nvcc; prints the path
+    python -m kernels_cuda.build --host     # the host driver of the same kernel source, with g++
+
+The CUDA library is `nvcc` output; the host driver (`csrc/host_driver.cpp`, backend `cuda_host`) runs the
+same item functions (`csrc/tl_solve_core.cuh`) on the CPU and needs only a C++20 compiler (`$CXX` or g++).
 
 The library lands in `kernels_cuda/_build/` (or `$FLOWS_KERNELS_CACHE`, or `~/.cache/flows_kernels` when
 the package folder is read-only). `FLOWS_CUDA_ARCHS="80;90"` overrides the target architectures.
@@ -18,12 +22,25 @@ from pathlib import Path
 
 from filelock import FileLock
 
-__all__ = ["DEFAULT_ARCHS", "CompileError", "build_kernels", "compile_library", "find_nvcc", "nvcc_command"]
+__all__ = [
+    "DEFAULT_ARCHS",
+    "CompileError",
+    "build_host_driver",
+    "build_kernels",
+    "compile_host",
+    "compile_library",
+    "cxx_command",
+    "find_cxx",
+    "find_nvcc",
+    "nvcc_command",
+]
 
 log = logging.getLogger("kernels_cuda.build")
 CSRC = Path(__file__).parent / "csrc"
 DEFAULT_ARCHS = ("80", "86", "89", "90")
 WARNING_FLAGS = "-Wall,-Wextra"
+HEADERS = ("tl_solve_core.cuh",)
+CXX_FLAGS = ("-std=c++20", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread")
 
 
 class CompileError(RuntimeError):
@@ -37,6 +54,14 @@ def find_nvcc() -> str | None:
         if root and (Path(root) / "bin" / "nvcc").is_file():
             return str(Path(root) / "bin" / "nvcc")
     return shutil.which("nvcc")
+
+
+def find_cxx() -> str | None:
+    """The host C++ compiler: `$CXX`, else g++ or c++ on the PATH."""
+    env = os.environ.get("CXX")
+    if env and shutil.which(env):
+        return shutil.which(env)
+    return shutil.which("g++") or shutil.which("c++")
 
 
 def _archs() -> list[str]:
@@ -69,11 +94,62 @@ def _cache_dir() -> Path:
         return Path.home() / ".cache" / "flows_kernels"
 
 
+def _digest(files: list[Path], flags: str) -> str:
+    """Content hash of the sources, the headers they include and the flags: the cache key."""
+    h = hashlib.sha256(flags.encode())
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cxx_command(
+    cxx: str, sources: list[Path], output: Path, flags: list[str], shared: bool = True
+) -> list[str]:
+    """g++ command line: a shared library (ctypes) or an executable (the ThreadSanitizer self-test)."""
+    kind = ["-shared", "-fPIC"] if shared else []
+    return [cxx, *CXX_FLAGS, *flags, *kind, "-o", str(output), *map(str, sources)]
+
+
+def compile_host(
+    sources: list[Path],
+    name: str,
+    flags: list[str] | None = None,
+    shared: bool = True,
+    cache: Path | None = None,
+) -> Path:
+    """Compile host C++ sources with g++ into `cache` (default: the kernel cache), keyed by content hash;
+    raises CompileError."""
+    flags = list(flags or [])
+    cxx = find_cxx()
+    if cxx is None:
+        raise CompileError("no C++ compiler found (set CXX or install g++)")
+    digest = _digest([*sources, *(CSRC / h for h in HEADERS)], " ".join([cxx, *flags, str(shared)]))
+    cache = cache or _cache_dir()
+    output = cache / (f"lib{name}-{digest}.so" if shared else f"{name}-{digest}")
+    if output.is_file():
+        return output
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(output) + ".lock"):
+        if output.is_file():
+            return output
+        tmp = output.with_name(output.name + ".tmp")
+        result = subprocess.run(cxx_command(cxx, sources, tmp, flags, shared), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise CompileError(f"{cxx} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+        os.replace(tmp, output)
+    return output
+
+
+def build_host_driver() -> Path:
+    """The host driver of the kernel source (backend `cuda_host`), compiled with g++ if needed."""
+    return compile_host([CSRC / "host_driver.cpp"], "flows_host")
+
+
 def compile_library(source: Path, name: str, force: bool = False) -> Path:
     """`lib{name}-{hash}.so` for `source` and the target architectures: from the cache when it is there
     (no nvcc needed, e.g. a runtime image), else compiled with nvcc; raises CompileError."""
     archs = _archs()
-    digest = hashlib.sha256(source.read_bytes() + " ".join(archs).encode()).hexdigest()[:16]
+    digest = _digest([source, *(CSRC / h for h in HEADERS)], " ".join(archs))
     cache = _cache_dir()
     output = cache / f"lib{name}-{digest}.so"
     if output.is_file() and not force:
@@ -103,7 +179,7 @@ def build_kernels(force: bool = False) -> Path:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     try:
-        print(build_kernels(force="--force" in sys.argv))
+        print(build_host_driver() if "--host" in sys.argv else build_kernels(force="--force" in sys.argv))
     except CompileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -20,6 +20,7 @@ from .architectures import STEP_BUILDERS
 from .config import FlowConfig
 from .layers import InvConv1x1, LogitTransform, Split, Squeeze, dequantize, hashed_noise_samples
 from .layers.preprocess import Dequantization
+from .layers.triangular import TriangularKernel
 
 __all__ = ["MultiScaleFlow", "build_flow", "importance_weighted_log_prob"]
 
@@ -171,9 +172,10 @@ class MultiScaleFlow(nn.Module):
         return self.to_uint8(self.decode(self.sample_latents(n, temperature, generator)))
 
     def freeze(self, frozen: bool = True) -> MultiScaleFlow:
-        """Cache weight-only computations (1×1 inverses) for inference and export; `False` undoes it."""
+        """Cache weight-only computations (1×1 inverses, masked k×k kernels) for inference and export;
+        `False` undoes it."""
         for module in self.modules():
-            if isinstance(module, InvConv1x1):
+            if isinstance(module, InvConv1x1 | TriangularKernel):
                 module.freeze(frozen)
         return self
 

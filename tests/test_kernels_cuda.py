@@ -1,9 +1,11 @@
-"""The CUDA kernels: compile checks everywhere (CI has nvcc, no GPU), parity with the reference on a GPU."""
+"""The CUDA kernels: compile checks everywhere (CI has nvcc, no GPU), parity with the reference on a GPU.
+The kernel's item functions also run on the CPU in CI through the host driver (tests/test_kernels_host.py)."""
 
 from __future__ import annotations
 
 import itertools
 import random
+import re
 import subprocess
 from pathlib import Path
 
@@ -21,11 +23,16 @@ SOURCES = sorted([*ROOT.glob("kernels_cuda/csrc/*.cu"), *ROOT.glob("benchmarks/c
 
 @pytest.mark.skipif(find_nvcc() is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("source", SOURCES, ids=[s.name for s in SOURCES])
-def test_every_cuda_source_compiles_without_warnings(source, tmp_path):
+def test_every_cuda_source_compiles_without_warnings_or_spills(source, tmp_path):
+    """sm_80 and sm_90 (H100); ptxas's resource report (-v) must show no register spills in any kernel."""
     cmd = nvcc_command(find_nvcc(), source, tmp_path / "lib.so", archs=["80", "90"])
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "warning" not in (result.stdout + result.stderr).lower(), result.stdout + result.stderr
+    result = subprocess.run([*cmd, "-Xptxas", "-v"], capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "warning" not in output.lower(), output
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", output)
+    assert spills, output
+    assert all(stores == "0" and loads == "0" for stores, loads in spills), output
 
 
 # -- on a GPU ------------------------------------------------------------------------------------------
@@ -64,6 +71,27 @@ def test_cuda_solves_match_the_reference(k, c, h, w, b, dtype):
             torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
         else:
             assert ((got - want).norm() / want.norm()).item() <= 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_are_computed_in_float32_on_the_gpu(dtype):
+    weight = masked_weight(8, 3, std=0.05, dtype=torch.float32).cuda()
+    y = torch.randn(4, 8, 14, 14, device="cuda").to(dtype)
+    got = tl_conv2d_solve(y, weight, backend="cuda")
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, tl_conv2d_solve(y.float(), weight, backend="torch").to(dtype))
+
+
+@pytest.mark.gpu
+def test_gpu_and_host_driver_agree_to_rounding_in_float64():
+    """The same item functions in the same summation order: GPU and CPU runs of the kernel source agree
+    to rounding: nvcc contracts multiply-adds into FMAs, g++ for x86-64 does not."""
+    weight = masked_weight(12, 3, 2, std=0.1)
+    y = torch.randn(3, 12, 16, 16, dtype=torch.float64)
+    for op in (tl_conv2d_solve, tl_conv2d_solve_transposed):
+        gpu = op(y.cuda(), weight.cuda(), 2, backend="cuda").cpu()
+        torch.testing.assert_close(gpu, op(y, weight, 2, backend="cuda_host"), atol=1e-13, rtol=1e-13)
 
 
 @pytest.mark.gpu

@@ -1,4 +1,6 @@
-"""The triangular-convolution ops against dense linear algebra (docs/math.md §4)."""
+"""The triangular-convolution ops against dense linear algebra (docs/math.md §4), on every CPU backend:
+`torch` (the reference) and `cuda_host` (the CUDA kernel's own item functions run by the g++ host driver,
+so this whole grid checks the kernel source on every CI run)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,19 @@ import torch
 
 import kernels_cuda
 from kernels_cuda import tl_conv2d, tl_conv2d_solve, tl_conv2d_solve_transposed
+from kernels_cuda.build import find_cxx
 
 from .helpers import dense_conv_matrix, masked_weight
+
+CPU_BACKENDS = [
+    "torch",
+    pytest.param("cuda_host", marks=pytest.mark.skipif(find_cxx() is None, reason="no C++ compiler")),
+]
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def backend(request) -> str:
+    return request.param
 
 SHAPES = [(1, 1), (3, 5), (6, 4), (8, 7), (2, 8)]
 CASES = [
@@ -24,22 +37,24 @@ def _batch(channels, h, w, seed=1, b=3):
 
 
 @pytest.mark.parametrize("channels,groups,k,h,w", CASES)
-def test_solve_equals_dense_solve(channels, groups, k, h, w):
+def test_solve_equals_dense_solve(channels, groups, k, h, w, backend):
     weight = masked_weight(channels, k, groups, std=0.3)
     a = dense_conv_matrix(weight, groups, (channels, h, w))
     y = _batch(channels, h, w)
     expected = torch.linalg.solve(a, y.reshape(len(y), -1).T).T.reshape_as(y)
-    torch.testing.assert_close(tl_conv2d_solve(y, weight, groups), expected, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(
+        tl_conv2d_solve(y, weight, groups, backend=backend), expected, atol=1e-10, rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("channels,groups,k,h,w", CASES)
-def test_transposed_solve_equals_dense_transposed_solve(channels, groups, k, h, w):
+def test_transposed_solve_equals_dense_transposed_solve(channels, groups, k, h, w, backend):
     weight = masked_weight(channels, k, groups, std=0.3)
     a = dense_conv_matrix(weight, groups, (channels, h, w))
     g = _batch(channels, h, w)
     expected = torch.linalg.solve(a.T, g.reshape(len(g), -1).T).T.reshape_as(g)
     torch.testing.assert_close(
-        tl_conv2d_solve_transposed(g, weight, groups), expected, atol=1e-10, rtol=1e-10
+        tl_conv2d_solve_transposed(g, weight, groups, backend=backend), expected, atol=1e-10, rtol=1e-10
     )
 
 
@@ -59,28 +74,29 @@ def test_dense_matrix_is_triangular_with_the_centre_diagonal(channels, groups, k
 
 @pytest.mark.parametrize("k,channels,groups", [(2, 1, 1), (3, 3, 1), (3, 4, 4), (5, 2, 1), (4, 8, 4)])
 @pytest.mark.parametrize("op", [tl_conv2d_solve, tl_conv2d_solve_transposed])
-def test_solve_gradients_pass_gradcheck(op, k, channels, groups):
+def test_solve_gradients_pass_gradcheck(op, k, channels, groups, backend):
     weight = masked_weight(channels, k, groups, std=0.3).requires_grad_()
     y = _batch(channels, 4, 3, b=2).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: op(a, b, groups), (y, weight))
+    assert torch.autograd.gradcheck(lambda a, b: op(a, b, groups, backend=backend), (y, weight))
 
 
-def test_solve_input_gradient_is_the_dense_transposed_solve():
+def test_solve_input_gradient_is_the_dense_transposed_solve(backend):
     weight = masked_weight(3, 3, std=0.3)
     a = dense_conv_matrix(weight, 1, (3, 5, 4))
     y = _batch(3, 5, 4, b=1).requires_grad_()
     g = _batch(3, 5, 4, seed=7, b=1)
-    (tl_conv2d_solve(y, weight) * g).sum().backward()
+    (tl_conv2d_solve(y, weight, backend=backend) * g).sum().backward()
     torch.testing.assert_close(y.grad.reshape(-1), torch.linalg.solve(a.T, g.reshape(-1)), atol=1e-12, rtol=0)
 
 
-def test_solve_inverts_the_convolution():
+def test_solve_inverts_the_convolution(backend):
     weight = masked_weight(4, 3, std=0.3)
     x = _batch(4, 7, 5)
-    torch.testing.assert_close(tl_conv2d_solve(tl_conv2d(x, weight), weight), x, atol=1e-12, rtol=0)
+    y = tl_conv2d(x, weight)
+    torch.testing.assert_close(tl_conv2d_solve(y, weight, backend=backend), x, atol=1e-12, rtol=0)
 
 
-def test_float32_round_trip_error_at_a_realistic_shape():
+def test_float32_round_trip_error_at_a_realistic_shape(backend):
     """B=16, C=16, 32×32, k=3, kernel N(0, 0.05) as training initialises it.
 
     Bound: each solved value is one dot product of 144 terms against a unit-diagonal centre, so its
@@ -92,7 +108,7 @@ def test_float32_round_trip_error_at_a_realistic_shape():
     gen = torch.Generator().manual_seed(0)
     weight = masked_weight(16, 3, std=0.05, dtype=torch.float32)
     x = torch.randn(16, 16, 32, 32, generator=gen)
-    err = (tl_conv2d_solve(tl_conv2d(x, weight), weight) - x).abs().max().item()
+    err = (tl_conv2d_solve(tl_conv2d(x, weight), weight, backend=backend) - x).abs().max().item()
     assert err < 1e-4, err
 
 

@@ -63,9 +63,23 @@ class TriangularKernel(nn.Module):
         else:
             self.register_buffer("log_diag", log_diag)
 
+        self._frozen_weight: torch.Tensor | None = None
+
+    def freeze(self, frozen: bool = True) -> None:
+        """Cache the masked kernel as one tensor for inference, so the solve kernels' folded weights (cached
+        per weight tensor and version, kernels_cuda/folding.py) are computed once. Freeze after moving the
+        module to its device and dtype; `freeze(False)` undoes it."""
+        with torch.no_grad():
+            self._frozen_weight = self._masked().detach() if frozen else None
+
     @property
     def weight(self) -> torch.Tensor:
         """The masked kernel `(C, C/groups, k, k)` actually applied (top-left frame)."""
+        if self._frozen_weight is not None:
+            return self._frozen_weight
+        return self._masked()
+
+    def _masked(self) -> torch.Tensor:
         k = self.kernel_size
         w = self.raw * self.mask
         rows = torch.arange(w.shape[0], device=w.device)

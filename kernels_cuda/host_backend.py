@@ -1,0 +1,85 @@
+"""Backend `cuda_host`: the CUDA kernel's own item functions, run on the CPU by a host driver (g++, ctypes).
+
+`csrc/host_driver.cpp` schedules the items of `csrc/tl_solve_core.cuh` exactly as the GPU kernel does, phase
+by phase, with each phase's items in a random order and unwritten memory poisoned with NaN; CI runs the whole
+kernel test grid through it, so the kernel source is checked on every run without a GPU. It is a test
+vehicle, not a fast CPU path (the torch reference is that). CPU tensors only.
+
+`FLOWS_HOST_FAST_LIMIT` (bytes, default 227 KiB = an H100's shared memory per block) is the shared memory
+to emulate: it decides, as on the GPU, whether the plane and the weights sit in "shared" memory or in the
+global workspace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+
+import torch
+
+from .build import build_host_driver
+from .folding import prepare
+from .loader import LibraryLoader
+
+__all__ = ["DEFAULT_FAST_LIMIT", "available", "solve", "tl_conv2d_solve", "tl_conv2d_solve_transposed"]
+
+DEFAULT_FAST_LIMIT = 227 * 1024
+_I64 = ctypes.c_int64
+_ARGS = [ctypes.c_void_p] * 3 + [_I64] * 8 + [ctypes.c_uint64, _I64, _I64]
+_calls = itertools.count(1)
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    for name in ("flows_host_solve_f32", "flows_host_solve_f64"):
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = _ARGS, ctypes.c_int
+
+
+_loader = LibraryLoader("host driver of the CUDA kernels", build_host_driver, _bind)
+
+
+def available() -> bool:
+    """True when the host driver is compiled (first call: g++, a few seconds) and loaded."""
+    return _loader.get() is not None
+
+
+def unavailable_reason() -> str | None:
+    return _loader.reason
+
+
+def solve(
+    rhs: torch.Tensor,
+    weight: torch.Tensor,
+    groups: int,
+    transposed: bool,
+    fast_limit: int | None = None,
+    seed: int | None = None,
+    threads: int = 1,
+) -> torch.Tensor:
+    """One solve through the host driver; `seed` picks the item order (default: a new one every call)."""
+    lib = _loader.get()
+    if lib is None:
+        raise RuntimeError(unavailable_reason() or "host driver unavailable")
+    if rhs.device.type != "cpu":
+        raise ValueError(f"backend 'cuda_host' runs on CPU tensors, got {rhs.device}")
+    p = prepare(rhs, weight, groups, transposed)
+    if fast_limit is None:
+        fast_limit = int(os.environ.get("FLOWS_HOST_FAST_LIMIT", DEFAULT_FAST_LIMIT))
+    out = torch.empty_like(p.rhs)
+    fn = lib.flows_host_solve_f32 if p.rhs.dtype == torch.float32 else lib.flows_host_solve_f64
+    seed = next(_calls) if seed is None else seed
+    code = fn(p.rhs.data_ptr(), p.folded.data_ptr(), out.data_ptr(), *p.args(), fast_limit, seed, threads, 1)
+    if code != 0:
+        raise ValueError(f"the host driver refused the sizes {tuple(rhs.shape)}, k={p.k}, groups={groups}")
+    return out if out.dtype == rhs.dtype else out.to(rhs.dtype)
+
+
+def tl_conv2d_solve(y: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """`A⁻¹ y` by the kernel's item functions on the CPU."""
+    return solve(y, weight, groups, transposed=False)
+
+
+def tl_conv2d_solve_transposed(g: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """`A⁻ᵀ g` by the kernel's item functions on the CPU (reverse mode)."""
+    return solve(g, weight, groups, transposed=True)
