@@ -335,7 +335,7 @@ def test_bad_encode_requests_get_a_clear_4xx(client, digits):
     )
 
 
-def test_latent_endpoints_are_documented_counted_and_keyed(client):
+def test_latent_endpoints_are_documented_and_counted(client, digits):
     spec = client.get("/openapi.json").json()
     assert {"/encode", "/decode", "/interpolate"} <= set(spec["paths"])
     schemas = spec["components"]["schemas"]
@@ -343,9 +343,10 @@ def test_latent_endpoints_are_documented_counted_and_keyed(client):
     logprob_json = spec["paths"]["/logprob"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "dequantization_samples" in json.dumps(logprob_json)
     client.post("/interpolate", json={"start": {"seed": 1}, "end": {"seed": 2}, "steps": 2})
+    client.post("/encode", json={"model": "finc-mnist", "images": [digits[0, 0].tolist()]})
     text = client.get("/metrics").text
     assert 'flows_requests_total{endpoint="/interpolate",status="200"}' in text
-    assert 'op="encode"' in text or "encode" in text
+    assert 'flows_batch_images_count{model="finc-mnist",op="encode"}' in text
 
 
 def test_client_library_and_cli_latent_verbs(real_server, tmp_path, digits):

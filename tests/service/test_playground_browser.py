@@ -135,6 +135,9 @@ def preview_pixels(page) -> list[list[int]]:
 
 
 def test_the_page_asks_for_the_api_key_once_and_loads_only_from_this_server(browser, server):
+    for path in ("/encode", "/decode", "/interpolate"):  # the latent endpoints are keyed like /sample
+        assert httpx.post(server.url + path, json={}).status_code == 401
+    assert httpx.get(server.url + "/").status_code == 200  # the page itself is open: it asks for the key
     page = open_page(browser, server, key=None)
     page.wait_for_selector("#key-form:not([hidden])")
     assert page.locator("#app").is_hidden()
