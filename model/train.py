@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_flow, read_config, save_flow
 from .config import FlowConfig
-from .curves import plot_learning_curve, write_training_log
+from .curves import plot_learning_curve, read_training_log, write_training_log
 from .data import ImageData, load_dataset
 from .distributed import close_distributed, setup_distributed
 from .flow import MultiScaleFlow, build_flow
@@ -122,9 +122,10 @@ def _config_from_args(args: argparse.Namespace, data: ImageData) -> FlowConfig:
         ) from exc
 
 
-def learning_rate(args: argparse.Namespace, step: int, total_steps: int) -> float:
-    """Linear warm-up over `--warmup-steps`, then constant or cosine decay to `lr * min_lr_ratio`."""
-    warmup = min(1.0, (step + 1) / max(1, args.warmup_steps))
+def learning_rate(args: argparse.Namespace, step: int, total_steps: int, warmup_from: int = 0) -> float:
+    """Linear warm-up over `--warmup-steps` (from step `warmup_from`: a fresh optimizer on trained weights),
+    then constant or cosine decay to `lr * min_lr_ratio` at `total_steps`."""
+    warmup = min(1.0, (step - warmup_from + 1) / max(1, args.warmup_steps))
     if args.lr_schedule == "constant":
         return args.lr * warmup
     progress = min(1.0, max(0.0, (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)))
@@ -163,13 +164,15 @@ def train(args: argparse.Namespace) -> Path:
     test_images = data.test[: args.eval_images] if args.eval_images else data.test
 
     resuming = args.resume and (out / STATE_JSON).is_file()
-    if resuming:
-        flow = load_flow(out, device=device).train()
+    start_from = out if resuming else Path(args.init_from) if args.init_from else None
+    if start_from is not None:
+        flow = load_flow(start_from, device=device).train()
         if flow.config.image_shape != data.image_shape:
             raise TrainingError(
-                f"{out} models {flow.config.image_shape} images, dataset {data.name!r} has {data.image_shape}"
+                f"{start_from} models {flow.config.image_shape} images, dataset {data.name!r} has "
+                f"{data.image_shape}"
             )
-        log.info("resuming from %s", out)
+        log.info("%s from %s", "resuming" if resuming else "starting from the weights of", start_from)
     else:
         flow = build_flow(_config_from_args(args, data)).to(device).train()
     ema = None
@@ -182,6 +185,16 @@ def train(args: argparse.Namespace) -> Path:
     meta: dict[str, Any] = {"epoch": 0, "batch": 0, "global_step": 0, "history": [], "train_seconds": 0.0}
     if resuming:
         meta = _load_train_state(out, optimizer, device)
+    elif start_from is not None:  # a fresh optimizer (warm-up again); the same epochs, log and schedule
+        history = read_training_log(start_from)
+        done = read_config(start_from)["training"]
+        meta.update(
+            epoch=int(done.get("epochs") or 0),
+            global_step=int(done.get("steps") or 0),
+            history=history,
+            train_seconds=float(done.get("train_seconds") or 0.0),
+            warmup_from=int(done.get("steps") or 0),
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     n_dims = flow.num_dims
@@ -278,7 +291,7 @@ def train(args: argparse.Namespace) -> Path:
         )
         noise = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + meta["global_step"])
         loss_sum, loss_count = meta.get("epoch_loss_sum", 0.0), meta.get("epoch_loss_count", 0)
-        lr = learning_rate(args, meta["global_step"], total_steps)
+        lr = learning_rate(args, meta["global_step"], total_steps, meta.get("warmup_from", 0))
         for b in bar:
             idx = order[b * args.batch_size : (b + 1) * args.batch_size]
             x = dequantize(data.train[idx].to(device=device, dtype=torch.float32), "uniform", noise)
@@ -286,7 +299,7 @@ def train(args: argparse.Namespace) -> Path:
                 with torch.no_grad():  # ActNorm's data-dependent init sees the global batch, as in 1 process
                     flow.log_prob_continuous(x)
             x = ddp.shard(x)  # this process's slice of the global batch (all of it in one process)
-            lr = learning_rate(args, meta["global_step"], total_steps)
+            lr = learning_rate(args, meta["global_step"], total_steps, meta.get("warmup_from", 0))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss = -model(x).mean() / (n_dims * math.log(2))
@@ -356,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-clip", type=float, default=50.0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--resume", action="store_true", help="continue from --out if it holds a training state")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="start from a checkpoint's weights, epoch count and log with a fresh optimizer (warm-up again)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--levels", type=int, default=2)
     p.add_argument("--steps", type=int, default=8, help="flow steps per level")

@@ -23,6 +23,7 @@ CPU_BACKENDS = [
 def backend(request) -> str:
     return request.param
 
+
 SHAPES = [(1, 1), (3, 5), (6, 4), (8, 7), (2, 8)]
 CASES = [
     (channels, groups, k, h, w)

@@ -82,6 +82,19 @@ def test_model_card_and_plot_cli_describe_a_trained_checkpoint(tmp_path, digits)
     assert "1 epochs, 5 steps of batch 32" in card
 
 
+def test_init_from_continues_a_checkpoint_without_its_optimizer_state(tmp_path, digits):
+    first = tmp_path / "first"
+    assert train_main(_args(first, digits, "--epochs", "2")) == 0
+    second = tmp_path / "second"
+    assert train_main(_args(second, digits, "--epochs", "3", "--init-from", str(first))) == 0
+    log = read_training_log(second)
+    assert [r["epoch"] for r in log] == [1, 2, 3] and log[:2] == read_training_log(first)
+    state = json.loads((second / "train_state.json").read_text())
+    assert state["global_step"] == 15 and state["warmup_from"] == 10
+    args = argparse.Namespace(lr=1e-3, warmup_steps=4, lr_schedule="constant", min_lr_ratio=0.1)
+    assert learning_rate(args, 10, 15, warmup_from=10) == pytest.approx(0.25e-3)
+
+
 def test_plot_is_none_without_a_log(tmp_path):
     assert plot_learning_curve(tmp_path) is None
     (tmp_path / LOG_FILE).write_text(json.dumps({"epochs": [{"epoch": 1, "test_bits_per_dim": 2.0}]}))
