@@ -43,6 +43,7 @@ def plot_learning_curve(checkpoint: str | Path, title: str | None = None) -> Pat
 
     matplotlib.use("Agg")  # files only: no display, no GUI toolkit
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in records]
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
@@ -50,6 +51,7 @@ def plot_learning_curve(checkpoint: str | Path, title: str | None = None) -> Pat
     train = [(r["epoch"], r["train_bits_per_dim"]) for r in records if r.get("train_bits_per_dim")]
     if train:
         ax.plot(*zip(*train, strict=True), "s--", ms=2, alpha=0.7, label="train (epoch mean)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("bits/dim")
     ax.set_title(title or Path(checkpoint).name, fontsize=10)
