@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 
 from ..errors import BadRequest, ServiceError, TooManyImages
 from ..imageio import images_to_tensor
-from ..schemas import ImageScore, LogProbRequest, LogProbResponse, Timings
+from ..schemas import ImageScore, LogProbRequest, LogProbResponse, Timings, error_responses
 from ..state import Authorized, ReadyState
 from .common import until_disconnect
 
@@ -31,8 +31,12 @@ _OPENAPI = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "model": {"type": "string"},
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
+                        },
+                        "model": {"type": "string", "maxLength": 128},
                     },
                     "required": ["files"],
                 }
@@ -70,7 +74,12 @@ async def _read_multipart(request: Request, max_images: int) -> tuple[str | None
     return (model if isinstance(model, str) and model else None), items, labels
 
 
-@router.post("/logprob", response_model=LogProbResponse, openapi_extra=_OPENAPI)
+@router.post(
+    "/logprob",
+    response_model=LogProbResponse,
+    openapi_extra=_OPENAPI,
+    responses=error_responses(400, 401, 404, 413, 415, 422, 500, 503, 504),
+)
 async def logprob(request: Request, state: ReadyState, _: Authorized) -> LogProbResponse:
     """Score images: JSON `{"model"?, "images": [...]}` or multipart files under `files` (PNG/JPEG/.npy)."""
     started = time.perf_counter()
