@@ -121,7 +121,11 @@ async def _peak_rate(client: httpx.AsyncClient, traffic: Traffic, seconds: float
 async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict[str, Any]:
     digits = [encode_png(d) for d in load_mnist().test[:256]]
     traffic = Traffic(args.model, digits)
-    limits = httpx.Limits(max_connections=args.max_in_flight, max_keepalive_connections=args.max_in_flight)
+    # Idle connections expire before uvicorn's 5 s keep-alive timeout closes them: otherwise a request
+    # sent on a connection the server is closing at that instant fails (a client/server race, not a bug).
+    limits = httpx.Limits(
+        max_connections=args.max_in_flight, max_keepalive_connections=args.max_in_flight, keepalive_expiry=2.0
+    )
     async with httpx.AsyncClient(base_url=url, timeout=args.timeout_s, limits=limits) as client:
         peak = await _peak_rate(client, traffic, args.peak_seconds)
         rate = args.overload * peak
@@ -156,8 +160,7 @@ async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict[str,
         next_rss = started
         t = started
         skipped = 0
-        while t < end:
-            now = time.perf_counter()
+        while (now := time.perf_counter()) < end:  # wall clock: a client that falls behind sends late
             if now >= next_rss:
                 rss.append((now - started, _rss_mb(pid)))
                 next_rss += 5
@@ -168,8 +171,9 @@ async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict[str,
                 task = asyncio.ensure_future(one(*traffic.next()))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-            t += rng.expovariate(rate)
+            t = max(t + rng.expovariate(rate), now - 1.0)  # never owe more than a second of arrivals
             await asyncio.sleep(max(0.0, t - time.perf_counter()))
+        sending_s = time.perf_counter() - started
         await asyncio.gather(*tasks)
         stopped = time.perf_counter()
         rss.append((stopped - started, _rss_mb(pid)))
@@ -189,6 +193,7 @@ async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict[str,
         "peak_req_per_s": peak,
         "offered_req_per_s": rate,
         "sent": total,
+        "sent_req_per_s": total / sending_s,
         "client_capped": skipped,
         "accepted_200": accepted,
         "rejected_503": sum(v for k, v in statuses.items() if k.endswith(" 503")),
@@ -223,6 +228,7 @@ def main() -> None:
     p.add_argument("--timeout-s", type=float, default=60.0)
     p.add_argument("--models", default=str(ROOT / "checkpoints"))
     p.add_argument("--model", default="finc-mnist")
+    p.add_argument("--pid", type=int, default=None, help="with --url: the server's pid, for its RSS")
     p.add_argument("--tag", default="soak")
     p.add_argument("--note", default="", help="a remark stored with the results")
     args = p.parse_args()
@@ -238,7 +244,7 @@ def main() -> None:
         )
         server, url = _start_server(options)
     try:
-        result = asyncio.run(soak(url, server.pid if server else None, args))
+        result = asyncio.run(soak(url, server.pid if server else args.pid, args))
     finally:
         if server is not None:
             server.terminate()
