@@ -1,11 +1,14 @@
-"""Server-side dynamic batching: one `Batcher` per (model, operation).
+"""Server-side continuous batching: one `Batcher` per (model, operation).
 
-A batch closes when its queued **images** reach `max_batch_images` or its oldest request has waited
-`max_wait_s`; the worker wakes on an event, never by polling. Requests larger than a batch are split into
-chunks and reassembled. The queue is bounded by images (a full queue rejects the whole request at once,
-so accepted work is never dropped for space); expired work is dropped before compute (504); a request
-whose caller went away has its futures cancelled and its queued chunks are skipped. Inference runs in
-an executor thread under `torch.inference_mode()`; a CUDA out-of-memory halves the batch and retries.
+When the model is idle, queued work is dispatched at once; while a batch runs, new requests queue and the
+next batch takes all of them (up to `max_batch_images`) the moment the running one returns. With
+`max_wait_s > 0` an idle worker instead holds a partial batch until it fills or its oldest request has
+waited that long (a throughput knob for bursty traffic). The worker wakes on an event, never by polling.
+Requests larger than a batch are split into chunks and reassembled. The queue is bounded by images (a
+full queue rejects the whole request at once, so accepted work is never dropped for space); expired work
+is dropped before compute (504); a request whose caller went away has its futures cancelled and its
+queued chunks are skipped. Inference runs in an executor thread under `torch.inference_mode()`; a CUDA
+out-of-memory halves the batch and retries.
 """
 
 from __future__ import annotations
@@ -137,7 +140,10 @@ class Batcher:
         self.metrics.queue_depth.labels(**self._labels).set(self._queued_images)
         self._wakeup.set()
         try:
-            outputs = await asyncio.gather(*(w.future for w in works))
+            if len(works) == 1:  # the common case: one future, no gather wrapper
+                outputs = [await works[0].future]
+            else:
+                outputs = await asyncio.gather(*(w.future for w in works))
         except BaseException:
             for w in works:  # caller gone or a chunk failed: skip whatever has not run yet
                 w.future.cancel()
@@ -176,13 +182,14 @@ class Batcher:
         return batch
 
     async def _wait_for_batch(self) -> None:
-        """Return when a full batch is queued, the oldest request has waited `max_wait_s`, or closing."""
+        """Return when work is queued and either `max_wait_s` is 0 (continuous batching), a full batch is
+        queued, or the oldest request has waited `max_wait_s`; or when closing."""
         while not self._closing:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self._live_images() >= self.max_batch_images:
+            if self.max_wait_s <= 0 or self._live_images() >= self.max_batch_images:
                 return
             remaining = self._queue[0].enqueued + self.max_wait_s - time.monotonic()
             if remaining <= 0:
