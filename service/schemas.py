@@ -169,9 +169,14 @@ def publish_limits(
     """Write this server's per-request limits and model names into its OpenAPI document (in place), so
     that the schema states what the server accepts; validation keeps the hard limits, routes the rest."""
     named = {"type": "string", "enum": [*models, ""]}  # "": the default model
-    sample = spec["components"]["schemas"]["SampleRequest"]["properties"]
-    sample["num_samples"]["maximum"] = max_samples
-    sample["model"]["anyOf"] = [named, {"type": "null"}]
+    schemas = spec["components"]["schemas"]
+    for name in ("SampleRequest", "EncodeRequest", "DecodeRequest", "InterpolateRequest"):
+        if name in schemas:
+            schemas[name]["properties"]["model"]["anyOf"] = [named, {"type": "null"}]
+    schemas["SampleRequest"]["properties"]["num_samples"]["maximum"] = max_samples
+    if "EncodeRequest" in schemas:  # the latent-space routes (service/routes/latent.py)
+        schemas["EncodeRequest"]["properties"]["images"]["maxItems"] = max_images
+        schemas["InterpolateRequest"]["properties"]["steps"]["maximum"] = max_samples
     content = spec["paths"]["/logprob"]["post"]["requestBody"]["content"]
     as_json = content["application/json"]["schema"]["properties"]
     as_json["images"]["maxItems"] = max_images
