@@ -5,10 +5,12 @@ next batch takes all of them (up to `max_batch_images`) the moment the running o
 `max_wait_s > 0` an idle worker instead holds a partial batch until it fills or its oldest request has
 waited that long (a throughput knob for bursty traffic). The worker wakes on an event, never by polling.
 Requests larger than a batch are split into chunks and reassembled. The queue is bounded by images (a
-full queue rejects the whole request at once, so accepted work is never dropped for space); expired work
-is dropped before compute (504); a request whose caller went away has its futures cancelled and its
-queued chunks are skipped. Inference runs in an executor thread under `torch.inference_mode()`; a CUDA
-out-of-memory halves the batch and retries.
+full queue rejects the whole request at once, so accepted work is never dropped for space), and a request
+whose estimated queue wait (queued images over the measured images/s) exceeds its deadline is refused at
+once too (503/429) rather than left to expire; work that expires anyway is dropped before compute (504).
+A request whose caller went away has its futures cancelled and its queued chunks are skipped. Inference
+runs in an executor thread under `torch.inference_mode()`; a CUDA out-of-memory halves the batch and
+retries.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class Batcher:
         self._closing = False
         self._task: asyncio.Task | None = None
         self._labels = {"model": model, "op": op}
+        self._images_per_s: float | None = None  # moving average over executed batches
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -121,6 +124,15 @@ class Batcher:
             raise Overloaded(
                 f"queue for {self.model}/{self.op} is full ({self._queued_images} images waiting, "
                 f"limit {self.max_queue_images}); retry later",
+                status=self.overload_status,
+                retry_after_s=self.retry_after_s,
+            )
+        if self._images_per_s and (self._queued_images + n) / self._images_per_s > timeout_s:
+            self.metrics.rejections.labels(reason="would_expire").inc()
+            raise Overloaded(
+                f"{self._queued_images} images are queued for {self.model}/{self.op}, about "
+                f"{self._queued_images / self._images_per_s:.1f} s of work, more than this request's "
+                f"deadline of {timeout_s:g} s; retry later",
                 status=self.overload_status,
                 retry_after_s=self.retry_after_s,
             )
@@ -228,6 +240,8 @@ class Batcher:
                         w.future.set_exception(BatchFailed("inference failed; see the server log"))
                 continue
             elapsed = time.monotonic() - started
+            rate = total / max(elapsed, 1e-6)
+            self._images_per_s = rate if self._images_per_s is None else 0.8 * self._images_per_s + 0.2 * rate
             self.metrics.inference.labels(**self._labels).observe(elapsed)
             self.metrics.batch_images.labels(**self._labels).observe(total)
             self.metrics.batch_requests.labels(**self._labels).observe(len(batch))
