@@ -248,7 +248,8 @@ def _bad_decode_bodies() -> list[tuple[str, dict, int, str, str]]:
         ),
         ("not_base64", {"latents": ["@@", "@@"]}, 422, "invalid_latents", "base64"),
         ("not_npy", {"latents": [base64.b64encode(b"hello").decode()] * 2}, 422, "invalid_latents", ".npy"),
-        ("ragged", {"latents": [[[1, 2], [3]], good[1].tolist()]}, 422, "invalid_latents", "rectangular"),
+        ("ragged", {"latents": [[[[1, 2], [3]]], good[1].tolist()]}, 422, "invalid_latents", "rectangular"),
+        ("too_flat", {"latents": [[[1, 2], [3, 4]], good[1].tolist()]}, 422, "invalid_request", "latents.0"),
         ("text", {"latents": [npy_b64(np.array(["a"])), npy_b64(good[1])]}, 422, "invalid_latents", "dtype"),
         ("no_levels", {"latents": []}, 422, "invalid_request", "latents"),
         (
