@@ -91,6 +91,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._labels = {"model": model, "op": op}
         self._images_per_s: float | None = None  # moving average over executed batches
+        self._backlog_since: float | None = None  # end of the last batch, if work was still queued then
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -239,8 +240,13 @@ class Batcher:
                     if not w.future.done():
                         w.future.set_exception(BatchFailed("inference failed; see the server log"))
                 continue
-            elapsed = time.monotonic() - started
-            rate = total / max(elapsed, 1e-6)
+            ended = time.monotonic()
+            elapsed = ended - started
+            # With a backlog, the time between batches (the event loop serving other work) is part of
+            # the cost of draining the queue, so the rate is measured end to end.
+            busy = ended - self._backlog_since if self._backlog_since is not None else elapsed
+            self._backlog_since = ended if self._queue else None
+            rate = total / max(busy, 1e-6)
             self._images_per_s = rate if self._images_per_s is None else 0.8 * self._images_per_s + 0.2 * rate
             self.metrics.inference.labels(**self._labels).observe(elapsed)
             self.metrics.batch_images.labels(**self._labels).observe(total)
