@@ -1,21 +1,37 @@
-"""Load test of the service: closed-loop and open-loop (Poisson) traffic against a real server.
+"""Load test of the service against the raw model, in one run: idle overhead, throughput, p99 under load.
 
-    python benchmarks/load.py [--url http://127.0.0.1:8000] [--model finc-mnist] [--op sample]
+    python benchmarks/load.py [--url http://127.0.0.1:8000 | --server-root DIR --server-python PY]
+                              [--scenarios logprob:4 logprob:64 sample:4 sample:64] [--tag after]
 
-Without `--url` it starts `python -m service` on a free port. Reports images/s, p50/p95/p99 latency,
-rejection rate and mean batch size per load level, beside the raw model's throughput at the same batch
-size measured in this run (same backend choice as the server), and writes benchmarks/results/load.json.
-Targets: service throughput ≥ 80% of raw on the CPU (≥ 90% on a GPU); p99 at half of peak load ≤ 2× the
-single-request latency.
+Without `--url` it starts `python -m service` on a free port (from `--server-root`, default this checkout,
+so an older checkout can be measured with the same client: the "before" numbers). Three parts:
+
+1. **Idle overhead**: one request at a time over a keep-alive `http.client` connection (a client that
+   costs ~0.1 ms, so the number is the server's), for `/logprob` JSON, `/logprob` multipart and `/sample`
+   (PNG), 4 images each: service p50 minus the raw model's p50 on the same batch. Target ≤ 1.5 ms (CPU).
+2. **Throughput** per scenario `op:images`: closed loop with 1 and `--clients` clients, beside the raw
+   model's images/s at the mean batch size the server formed. Targets at 16 clients: ≥ 60% of raw with
+   4 images per request, ≥ 85% with 64.
+3. **p99 at half of peak** (open-loop Poisson arrivals) over the single-client p50. Target ≤ 2.
+
+It also reports the server's CPU time per request (from /proc): the whole process, and its main thread
+alone (the event loop: HTTP, parsing, decoding, encoding; inference runs on another thread). Writes
+benchmarks/results/load_<tag>.json.
 
 `--serve-replicas N` targets a local Ray Serve deployment of N replicas instead (the `.[ray]` extra);
-/metrics then shows the batches of whichever replica answers it.
+/metrics then shows the batches of whichever replica answers it, and the CPU columns are empty (the
+replicas are Ray workers, not one server process).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
+import http.client
+import json
+import os
 import random
 import socket
 import statistics
@@ -26,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -37,11 +54,22 @@ from model.data import load_mnist
 from model.images import encode_png
 from service.model_api import ServedModel
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _cpu_s(pid: int | None, main_thread: bool = False) -> float:
+    """User + system CPU seconds of process `pid`, or of its main thread (the event loop's)."""
+    if pid is None:
+        return float("nan")
+    stat = Path(f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def _batch_stats(text: str, op: str) -> tuple[float, float]:
@@ -63,47 +91,97 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def _multipart(files: list[bytes], model: str) -> tuple[bytes, str]:
+    boundary = "flowsbenchboundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'.encode()]
+    for i, data in enumerate(files):
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{i}.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        )
+        parts.append(head.encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+class Requests:
+    """The request bodies of one scenario, built once."""
+
+    def __init__(self, op: str, images: int, model: str, digits: list[bytes], kind: str = "multipart"):
+        self.op, self.images, self.kind = op, images, kind
+        if op == "sample":
+            self.path, self.content_type = "/sample", "application/json"
+            fmt = "png" if kind == "png" else "npy"
+            self.body = json.dumps({"model": model, "num_samples": images, "format": fmt}).encode()
+        elif kind == "json":
+            self.path, self.content_type = "/logprob", "application/json"
+            encoded = [base64.b64encode(d).decode() for d in digits[:images]]
+            self.body = json.dumps({"model": model, "images": encoded}).encode()
+        else:
+            self.path = "/logprob"
+            self.body, self.content_type = _multipart(digits[:images], model)
+
+
+def idle_latencies(url: str, req: Requests, n: int, warmup: int = 5) -> list[float]:
+    """`n` sequential requests on one keep-alive connection; seconds each (after `warmup` requests)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    headers = {"Content-Type": req.content_type}
+    out = []
+    for i in range(n + warmup):
+        started = time.perf_counter()
+        conn.request("POST", req.path, body=req.body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        elapsed = time.perf_counter() - started
+        if response.status != 200:
+            raise RuntimeError(f"{req.path}: HTTP {response.status}")
+        if i >= warmup:
+            out.append(elapsed)
+    conn.close()
+    return out
+
+
 class Load:
-    def __init__(self, client: httpx.AsyncClient, args: argparse.Namespace, digits: list[bytes]):
-        self.client, self.args, self.digits = client, args, digits
+    def __init__(self, client: httpx.AsyncClient, req: Requests, duration: float, pid: int | None):
+        self.client, self.req, self.duration, self.pid = client, req, duration, pid
 
     async def request(self) -> tuple[float, int]:
         started = time.perf_counter()
-        if self.args.op == "sample":
-            r = await self.client.post(
-                "/sample",
-                json={"model": self.args.model, "num_samples": self.args.images, "format": "npy"},
-            )
-        else:
-            files = [
-                ("files", (f"{i}.png", d, "image/png")) for i, d in enumerate(self.digits[: self.args.images])
-            ]
-            r = await self.client.post("/logprob", files=files, data={"model": self.args.model})
+        r = await self.client.post(
+            self.req.path, content=self.req.body, headers={"content-type": self.req.content_type}
+        )
         return time.perf_counter() - started, r.status_code
 
     async def level(self, label: str, runner) -> dict[str, Any]:
-        before = _batch_stats((await self.client.get("/metrics")).text, self.args.op)
+        before = _batch_stats((await self.client.get("/metrics")).text, self.req.op)
+        cpu0, loop0 = _cpu_s(self.pid), _cpu_s(self.pid, main_thread=True)
         started = time.perf_counter()
         results = await runner()
         elapsed = time.perf_counter() - started
-        after = _batch_stats((await self.client.get("/metrics")).text, self.args.op)
+        cpu1, loop1 = _cpu_s(self.pid), _cpu_s(self.pid, main_thread=True)
+        after = _batch_stats((await self.client.get("/metrics")).text, self.req.op)
         ok = [lat for lat, status in results if status == 200]
         rejected = sum(1 for _, status in results if status in (429, 503))
         batches = after[1] - before[1]
         return {
+            "scenario": f"{self.req.op}:{self.req.images}",
             "load": label,
             "requests": len(results),
-            "images_per_s": len(ok) * self.args.images / elapsed,
+            "images_per_s": len(ok) * self.req.images / elapsed,
             "p50_ms": 1e3 * _percentile(ok, 0.5),
-            "p95_ms": 1e3 * _percentile(ok, 0.95),
             "p99_ms": 1e3 * _percentile(ok, 0.99),
             "rejected_pct": 100 * rejected / max(1, len(results)),
             "errors": sum(1 for _, s in results if s not in (200, 429, 503)),
             "mean_batch_images": (after[0] - before[0]) / batches if batches else float("nan"),
+            "server_cpu_ms_per_request": 1e3 * (cpu1 - cpu0) / max(1, len(results)),
+            "server_cpu_util": (cpu1 - cpu0) / elapsed,
+            "loop_cpu_ms_per_request": 1e3 * (loop1 - loop0) / max(1, len(results)),
+            "loop_cpu_util": (loop1 - loop0) / elapsed,
         }
 
     async def closed(self, clients: int) -> dict[str, Any]:
-        deadline = time.perf_counter() + self.args.duration
+        deadline = time.perf_counter() + self.duration
 
         async def worker() -> list[tuple[float, int]]:
             out = []
@@ -121,138 +199,184 @@ class Load:
 
         async def run():
             tasks, t = [], time.perf_counter()
-            deadline = t + self.args.duration
+            deadline = t + self.duration
             while t < deadline:
                 tasks.append(asyncio.ensure_future(self.request()))
                 t += rng.expovariate(rate)
                 await asyncio.sleep(max(0.0, t - time.perf_counter()))
             return await asyncio.gather(*tasks)
 
-        return await self.level(f"open {rate:.1f} req/s", run)
+        return await self.level(f"open {rate:.0f} req/s", run)
 
 
-def raw_throughput(args: argparse.Namespace, batch: int) -> float:
-    """Images/s of the model called directly at `batch` images per call (the server's backend choice)."""
-    model = ServedModel.load(Path(args.models) / args.model, torch.device("cpu"), args.backend)
-    model.warm_up([batch])
-    images = model.decode(model.draw_latents(batch, 1.0, 0))
-    latents = model.draw_latents(batch, 1.0, 1)
-    fn = (lambda: model.decode(latents)) if args.op == "sample" else (lambda: model.score(images))
-    with torch.inference_mode():
-        fn()
-        runs = []
-        for _ in range(max(5, args.raw_repeats)):
-            start = time.perf_counter()
-            fn()
-            runs.append(time.perf_counter() - start)
-    return batch / statistics.median(runs)
-
-
-async def drive(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
-    digits = [encode_png(d) for d in load_mnist().test[:256]]
-    async with httpx.AsyncClient(
-        base_url=url, timeout=120, limits=httpx.Limits(max_connections=256)
-    ) as client:
-        load = Load(client, args, digits)
+async def drive(url: str, req: Requests, args: argparse.Namespace, pid: int | None) -> list[dict[str, Any]]:
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        load = Load(client, req, args.duration, pid)
         for _ in range(5):
             await load.request()
         rows = [await load.closed(1)]
-        single_p50 = rows[0]["p50_ms"]
         for clients in args.clients:
             rows.append(await load.closed(clients))
         peak = max(r["images_per_s"] for r in rows)
-        for fraction in (0.5, 0.9):
-            rows.append(await load.open(fraction * peak / args.images))
-        rows[-2]["load"] += " (half of peak)"
-        rows[-2]["p99_over_single_p50"] = rows[-2]["p99_ms"] / single_p50
+        half = await load.open(0.5 * peak / req.images)
+        half["load"] += " (half of peak)"
+        half["p99_over_single_p50"] = half["p99_ms"] / rows[0]["p50_ms"]
+        rows.append(half)
     return rows
+
+
+def measure_idle(url: str, pid: int | None, raw: RawModel, req: Requests, args: argparse.Namespace) -> dict:
+    """Service and raw model in alternating blocks (a shared machine drifts), p50 of each."""
+    service, model, loop_cpu = [], [], 0.0
+    rounds = 5
+    for _ in range(rounds):
+        model += raw.seconds(req.op, req.images, max(3, args.raw_repeats // rounds))
+        cpu0 = _cpu_s(pid, main_thread=True)
+        service += idle_latencies(url, req, args.idle_requests // rounds)
+        loop_cpu += _cpu_s(pid, main_thread=True) - cpu0
+    service_p50, raw_p50 = 1e3 * statistics.median(service), 1e3 * statistics.median(model)
+    return {
+        "request": f"{req.op} {'png' if req.op == 'sample' else req.kind} x{req.images}",
+        "service_p50_ms": service_p50,
+        "raw_p50_ms": raw_p50,
+        "overhead_ms": service_p50 - raw_p50,
+        "loop_cpu_ms_per_request": 1e3 * loop_cpu / (rounds * (args.idle_requests // rounds + 5)),
+    }
+
+
+class RawModel:
+    """The model called directly, on the backend the server chose for each pass."""
+
+    def __init__(self, args: argparse.Namespace, backends: dict[str, str]):
+        onnx = any(b.startswith("onnxruntime") for b in backends.values())
+        path = Path(args.models) / args.model
+        self.model = ServedModel.load(path, torch.device("cpu"), "onnx" if onnx else "torch")
+        self.model.use_onnx = {
+            "sample": backends.get("sample", "").startswith("onnxruntime"),
+            "score": backends.get("logprob", "").startswith("onnxruntime"),
+        }
+
+    def seconds(self, op: str, batch: int, repeats: int) -> list[float]:
+        model = self.model
+        images = model.decode(model.draw_latents(batch, 1.0, 0))
+        latents = model.draw_latents(batch, 1.0, 1)
+        fn = (lambda: model.decode(latents)) if op == "sample" else (lambda: model.score(images))
+        with torch.inference_mode():
+            for _ in range(3):
+                fn()
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                runs.append(time.perf_counter() - start)
+        return runs
+
+
+def _start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    root = Path(args.server_root or ROOT)
+    command = [args.server_python or sys.executable, "-m", "service", "--port", str(port)]
+    command += ["--models", args.models, "--backend", args.backend, "--log-level", "warning"]
+    command += ["--max-batch-images", str(args.max_batch_images), *args.server_args]
+    server = subprocess.Popen(command, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(1500):
+        try:
+            if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None:
+            raise RuntimeError(f"server exited with {server.returncode}")
+        time.sleep(0.2)
+    raise TimeoutError("server not ready")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default=None, help="a running server; default: start one")
+    p.add_argument("--pid", type=int, default=None, help="with --url: the server's pid, for its CPU time")
+    p.add_argument("--server-root", default=None, help="checkout to start the server from")
+    p.add_argument("--server-python", default=None, help="interpreter for the server")
+    p.add_argument("--server-args", nargs="*", default=[], help="extra server options")
     p.add_argument("--models", default=str(ROOT / "checkpoints"))
     p.add_argument("--model", default="finc-mnist")
-    p.add_argument("--op", choices=["sample", "logprob"], default="sample")
-    p.add_argument("--images", type=int, default=4, help="images per request")
-    p.add_argument("--clients", type=int, nargs="+", default=[4, 16, 32])
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
+    p.add_argument("--scenarios", nargs="+", default=["logprob:4", "logprob:64", "sample:4", "sample:64"])
+    p.add_argument("--clients", type=int, nargs="+", default=[16])
+    p.add_argument("--duration", type=float, default=6.0, help="seconds per load level")
+    p.add_argument("--idle-requests", type=int, default=200)
     p.add_argument("--backend", default="auto")
     p.add_argument("--max-batch-images", type=int, default=64)
-    p.add_argument("--raw-repeats", type=int, default=20)
+    p.add_argument("--raw-repeats", type=int, default=50)
+    p.add_argument("--tag", default="after", help="results go to benchmarks/results/load_<tag>.json")
     p.add_argument("--serve-replicas", type=int, default=0, help="target a local Ray Serve deployment")
     args = p.parse_args()
-    server = serve_app = None
-    url = args.url
+    stack = contextlib.ExitStack()
+    server, url = None, args.url
     if url is None and args.serve_replicas:
         from benchmarks.serve_overhead import local_serve
 
         settings = {"models": args.models, "backend": args.backend, "max_batch_images": args.max_batch_images}
-        serve_app = local_serve(settings, replicas=args.serve_replicas)
-        url = serve_app.__enter__()
-    if url is None:
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "--port",
-                str(port),
-                "--models",
-                args.models,
-                "--backend",
-                args.backend,
-                "--max-batch-images",
-                str(args.max_batch_images),
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-        )
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        url = stack.enter_context(local_serve(settings, replicas=args.serve_replicas))
+    elif url is None:
+        server, url = _start_server(args)
+    pid = server.pid if server else args.pid
+    digits = [encode_png(d) for d in load_mnist().test[:256]]
     try:
-        rows = asyncio.run(drive(args, url))
+        backends = httpx.get(f"{url}/models/{args.model}", timeout=10).json()["backend"]
+        raw = RawModel(args, backends)
+        idle = [
+            measure_idle(url, pid, raw, Requests(op, 4, args.model, digits, kind), args)
+            for op, kind in (("logprob", "json"), ("logprob", "multipart"), ("sample", "png"))
+        ]
+        rows = []
+        for scenario in args.scenarios:
+            op, images = scenario.split(":")
+            req = Requests(op, int(images), args.model, digits)
+            for row in asyncio.run(drive(url, req, args, pid)):
+                # the raw model right after its scenario, so both see the same machine load
+                mean = row["mean_batch_images"]
+                batch = max(1, round(mean)) if np.isfinite(mean) else 1
+                raw_s = statistics.median(raw.seconds(op, batch, max(5, args.raw_repeats // 3)))
+                row["raw_images_per_s_at_batch"] = batch / raw_s
+                row["service_over_raw"] = row["images_per_s"] / row["raw_images_per_s_at_batch"]
+                rows.append(row)
     finally:
         if server is not None:
             server.terminate()
             server.wait(60)
-        if serve_app is not None:
-            serve_app.__exit__(None, None, None)
-    best = max(rows, key=lambda r: r["images_per_s"])
-    batch = max(1, round(best["mean_batch_images"]))
-    raw = raw_throughput(args, batch)
-    for r in rows:
-        r["raw_images_per_s_at_batch"] = raw
-        r["service_over_raw"] = r["images_per_s"] / raw
+        stack.close()
+    print(f"model {args.model}, backends {backends}, tag {args.tag}; idle overhead (4 images):")
+    print_table(idle, ["request", "service_p50_ms", "raw_p50_ms", "overhead_ms", "loop_cpu_ms_per_request"])
     cols = [
+        "scenario",
         "load",
         "requests",
         "images_per_s",
         "p50_ms",
-        "p95_ms",
         "p99_ms",
         "rejected_pct",
         "errors",
         "mean_batch_images",
         "service_over_raw",
         "p99_over_single_p50",
+        "server_cpu_ms_per_request",
+        "server_cpu_util",
+        "loop_cpu_ms_per_request",
+        "loop_cpu_util",
     ]
-    print(
-        f"model {args.model}, op {args.op}, {args.images} images/request; raw model at batch {batch}: "
-        f"{raw:.0f} images/s"
-    )
     print_table(rows, cols)
     print(
         "wrote",
-        write_results(f"load_{args.op}", rows, model=args.model, raw_batch=batch, raw_images_per_s=raw),
+        write_results(
+            f"load_{args.tag}",
+            rows,
+            idle=idle,
+            model=args.model,
+            backends=backends,
+            server_root=str(args.server_root or ROOT),
+        ),
     )
 
 

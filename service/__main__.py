@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # our middleware logs one structured line per request
+        # uvicorn[standard]: uvloop and httptools when installed ("auto"), the pure-Python ones otherwise
+        loop="auto",
+        http="auto",
         timeout_graceful_shutdown=max(5, int(settings.request_timeout_s) + 5),
     )
     _Server(config, app).run()

@@ -15,8 +15,9 @@ from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
 from .model_api import resolve_device
-from .registry import ModelRegistry
+from .registry import ModelRegistry, checkpoint_dirs
 from .routes import health, latent, logprob, metrics, models, playground, sample
+from .schemas import publish_limits
 from .settings import Settings
 from .state import AppState
 
@@ -75,4 +76,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(playground.router)
     playground.mount_static(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics_, max_body_bytes=settings.max_body_bytes)
+    default_openapi = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            publish_limits(
+                default_openapi(),
+                max_samples=settings.max_samples_per_request,
+                max_images=settings.max_images_per_request,
+                models=[p.name for p in checkpoint_dirs(settings.models)],
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -1,11 +1,16 @@
-"""Server-side dynamic batching: one `Batcher` per (model, operation).
+"""Server-side continuous batching: one `Batcher` per (model, operation).
 
-A batch closes when its queued **images** reach `max_batch_images` or its oldest request has waited
-`max_wait_s`; the worker wakes on an event, never by polling. Requests larger than a batch are split into
-chunks and reassembled. The queue is bounded by images (a full queue rejects the whole request at once,
-so accepted work is never dropped for space); expired work is dropped before compute (504); a request
-whose caller went away has its futures cancelled and its queued chunks are skipped. Inference runs in
-an executor thread under `torch.inference_mode()`; a CUDA out-of-memory halves the batch and retries.
+When the model is idle, queued work is dispatched at once; while a batch runs, new requests queue and the
+next batch takes all of them (up to `max_batch_images`) the moment the running one returns. With
+`max_wait_s > 0` an idle worker instead holds a partial batch until it fills or its oldest request has
+waited that long (a throughput knob for bursty traffic). The worker wakes on an event, never by polling.
+Requests larger than a batch are split into chunks and reassembled. The queue is bounded by images (a
+full queue rejects the whole request at once, so accepted work is never dropped for space), and a request
+whose estimated queue wait (queued images over the measured images/s) exceeds its deadline is refused at
+once too (503/429) rather than left to expire; work that expires anyway is dropped before compute (504).
+A request whose caller went away has its futures cancelled and its queued chunks are skipped. Inference
+runs in an executor thread under `torch.inference_mode()`; a CUDA out-of-memory halves the batch and
+retries.
 """
 
 from __future__ import annotations
@@ -85,6 +90,8 @@ class Batcher:
         self._closing = False
         self._task: asyncio.Task | None = None
         self._labels = {"model": model, "op": op}
+        self._images_per_s: float | None = None  # moving average over executed batches
+        self._backlog_since: float | None = None  # end of the last batch, if work was still queued then
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -121,6 +128,15 @@ class Batcher:
                 status=self.overload_status,
                 retry_after_s=self.retry_after_s,
             )
+        if self._images_per_s and (self._queued_images + n) / self._images_per_s > timeout_s:
+            self.metrics.rejections.labels(reason="would_expire").inc()
+            raise Overloaded(
+                f"{self._queued_images} images are queued for {self.model}/{self.op}, about "
+                f"{self._queued_images / self._images_per_s:.1f} s of work, more than this request's "
+                f"deadline of {timeout_s:g} s; retry later",
+                status=self.overload_status,
+                retry_after_s=self.retry_after_s,
+            )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         works = [
@@ -137,7 +153,10 @@ class Batcher:
         self.metrics.queue_depth.labels(**self._labels).set(self._queued_images)
         self._wakeup.set()
         try:
-            outputs = await asyncio.gather(*(w.future for w in works))
+            if len(works) == 1:  # the common case: one future, no gather wrapper
+                outputs = [await works[0].future]
+            else:
+                outputs = await asyncio.gather(*(w.future for w in works))
         except BaseException:
             for w in works:  # caller gone or a chunk failed: skip whatever has not run yet
                 w.future.cancel()
@@ -176,13 +195,14 @@ class Batcher:
         return batch
 
     async def _wait_for_batch(self) -> None:
-        """Return when a full batch is queued, the oldest request has waited `max_wait_s`, or closing."""
+        """Return when work is queued and either `max_wait_s` is 0 (continuous batching), a full batch is
+        queued, or the oldest request has waited `max_wait_s`; or when closing."""
         while not self._closing:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self._live_images() >= self.max_batch_images:
+            if self.max_wait_s <= 0 or self._live_images() >= self.max_batch_images:
                 return
             remaining = self._queue[0].enqueued + self.max_wait_s - time.monotonic()
             if remaining <= 0:
@@ -220,7 +240,14 @@ class Batcher:
                     if not w.future.done():
                         w.future.set_exception(BatchFailed("inference failed; see the server log"))
                 continue
-            elapsed = time.monotonic() - started
+            ended = time.monotonic()
+            elapsed = ended - started
+            # With a backlog, the time between batches (the event loop serving other work) is part of
+            # the cost of draining the queue, so the rate is measured end to end.
+            busy = ended - self._backlog_since if self._backlog_since is not None else elapsed
+            self._backlog_since = ended if self._queue else None
+            rate = total / max(busy, 1e-6)
+            self._images_per_s = rate if self._images_per_s is None else 0.8 * self._images_per_s + 0.2 * rate
             self.metrics.inference.labels(**self._labels).observe(elapsed)
             self.metrics.batch_images.labels(**self._labels).observe(total)
             self.metrics.batch_requests.labels(**self._labels).observe(len(batch))

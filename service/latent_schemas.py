@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from .schemas import HARD_MAX_IMAGES, Timings
+from .schemas import HARD_MAX_IMAGES, Base64Image, JsonInt, ModelName, PixelArray, Seed, Timings
 
 __all__ = [
     "DecodeRequest",
@@ -19,6 +19,23 @@ __all__ = [
 ]
 
 MAX_LEVELS = 16
+MAX_LATENT_CHARS = 2**24  # one level's base64 .npy; the body limit usually binds first
+# A latent value: a JSON number, never a boolean or a string (strict; ints are numbers too).
+LatentValue = Annotated[float, Field(strict=True)]
+# One level: base64 float32 .npy, or nested numbers (N, C, H, W) or (C, H, W); the model decides the sizes.
+LatentLevel = (
+    Annotated[str, StringConstraints(min_length=1, max_length=MAX_LATENT_CHARS)]
+    | list[list[list[list[LatentValue]]]]
+    | list[list[list[LatentValue]]]
+)
+Temperature = Annotated[float, Field(strict=True, ge=0.0, le=2.0)]
+
+# Examples that work on the shipped MNIST models (Swagger's "Try it out", and the fuzz test's valid cases):
+# a blank 28×28 PNG, and all-zero latents (levels (2, 14, 14) and (8, 7, 7): the temperature-0 sample).
+BLANK_MNIST_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAEElEQVR4nGNgGAWjYBQQAwADLAABPwpG8wAAAABJRU5ErkJggg=="
+)
+ZERO_MNIST_LATENTS = [[[[0] * 14] * 14] * 2, [[[0] * 7] * 7] * 8]
 ImageFormat = Literal["png", "npy", "grid_png"]
 Dequantization = Literal["midpoint", "hashed"]
 DEQUANTIZATION_DESCRIPTION = (
@@ -36,12 +53,14 @@ class EncodeRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"model": "finc-mnist", "images": ["<base64 PNG>"], "format": "npy"}]
+            "examples": [{"model": "finc-mnist", "images": [BLANK_MNIST_PNG], "format": "npy"}]
         },
     )
 
-    model: str | None = Field(None, description="model name (GET /models); default: the server's default")
-    images: list[str | list] = Field(
+    model: ModelName | None = Field(
+        None, description="model name (GET /models); default (or empty): the server's default"
+    )
+    images: list[Base64Image | PixelArray] = Field(
         min_length=1,
         max_length=HARD_MAX_IMAGES,
         description="base64 PNG/JPEG/.npy strings, or nested arrays of integer pixels in [0, 255]",
@@ -70,13 +89,15 @@ class DecodeRequest(BaseModel):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"model": "finc-mnist", "latents": ["<base64 .npy, level 0>", "<level 1>"], "format": "png"}
+                {"model": "finc-mnist", "latents": ZERO_MNIST_LATENTS, "format": "png"}
             ]
         },
     )
 
-    model: str | None = Field(None, description="model name (GET /models); default: the server's default")
-    latents: list[str | list] = Field(min_length=1, max_length=MAX_LEVELS, description=LATENTS_DESCRIPTION)
+    model: ModelName | None = Field(
+        None, description="model name (GET /models); default (or empty): the server's default"
+    )
+    latents: list[LatentLevel] = Field(min_length=1, max_length=MAX_LEVELS, description=LATENTS_DESCRIPTION)
     format: ImageFormat = Field(
         "png", description="png: one base64 PNG per image; grid_png: one base64 PNG grid; npy: base64 .npy"
     )
@@ -96,13 +117,22 @@ class DecodeResponse(BaseModel):
 class InterpolationEndpoint(BaseModel):
     """One end of the path: an image (encoded by the model) or a seed (latents drawn like /sample's)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # "exactly one of image or seed" in the schema too: one of the two is present and not null
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": [key], "properties": {key: {"not": {"type": "null"}}}}
+                for key in ("image", "seed")
+            ]
+        },
+    )
 
-    image: str | list | None = Field(
+    image: Base64Image | PixelArray | None = Field(
         None, description="base64 PNG/JPEG/.npy or a nested array of integer pixels in [0, 255]"
     )
-    seed: int | None = Field(None, ge=0, lt=2**63, description="the latents of /sample with this seed, n=1")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="scale of a seed's latents")
+    seed: Seed | None = Field(None, description="the latents of /sample with this seed, n=1")
+    temperature: Temperature = Field(1.0, description="scale of a seed's latents")
     dequantization: Dequantization = Field("midpoint", description="for an image: as in /encode")
 
     @model_validator(mode="after")
@@ -124,15 +154,17 @@ class InterpolateRequest(BaseModel):
                     "steps": 8,
                     "method": "spherical",
                 },
-                {"start": {"image": "<base64 PNG>"}, "end": {"seed": 5, "temperature": 0.7}, "steps": 10},
+                {"start": {"image": BLANK_MNIST_PNG}, "end": {"seed": 5, "temperature": 0.7}, "steps": 10},
             ]
         },
     )
 
-    model: str | None = Field(None, description="model name (GET /models); default: the server's default")
+    model: ModelName | None = Field(
+        None, description="model name (GET /models); default (or empty): the server's default"
+    )
     start: InterpolationEndpoint
     end: InterpolationEndpoint
-    steps: int = Field(8, ge=2, le=HARD_MAX_IMAGES, description="images on the path, both ends included")
+    steps: JsonInt = Field(8, ge=2, le=HARD_MAX_IMAGES, description="images on the path, both ends included")
     method: Literal["linear", "spherical"] = Field(
         "spherical", description="straight line or great circle (slerp) between the two latent vectors"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 
 from .batching import Batcher
 from .errors import UnknownModel
@@ -12,10 +13,15 @@ from .metrics import Metrics
 from .model_api import ServedModel, prepare_kernels
 from .settings import Settings
 
-__all__ = ["ModelRegistry", "ServedEntry"]
+__all__ = ["ModelRegistry", "ServedEntry", "checkpoint_dirs"]
 
 log = logging.getLogger("service.registry")
 PREFERRED_DEFAULT = "finc-mnist"
+
+
+def checkpoint_dirs(models: Path) -> list[Path]:
+    """The served checkpoints: every directory under `models` holding a config.json, sorted by name."""
+    return sorted(p for p in models.iterdir() if (p / "config.json").is_file())
 
 
 @dataclass
@@ -32,7 +38,7 @@ class ModelRegistry:
 
     @classmethod
     def load(cls, settings: Settings, device, executor: Executor, metrics: Metrics) -> ModelRegistry:
-        dirs = sorted(p for p in settings.models.iterdir() if (p / "config.json").is_file())
+        dirs = checkpoint_dirs(settings.models)
         if not dirs:
             raise RuntimeError(f"no checkpoints (directories with config.json) under {settings.models}")
         prepare_kernels(device)  # before any model runs: no request ever waits for a compiler

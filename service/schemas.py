@@ -1,12 +1,19 @@
-"""Request and response schemas, in families; validation lives in the `Field` constraints."""
+"""Request and response schemas, in families; validation lives in the `Field` constraints.
+
+Numbers are strict (no `true` for an integer, no `"2"` for a number): lax coercion surprises clients.
+The configurable per-request limits are published in the OpenAPI document by `publish_limits`.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 __all__ = [
+    "MAX_SEED",
+    "ErrorDetail",
+    "ErrorResponse",
     "ImageScore",
     "LogProbRequest",
     "LogProbResponse",
@@ -15,10 +22,60 @@ __all__ = [
     "SampleRequest",
     "SampleResponse",
     "Timings",
+    "error_responses",
+    "publish_limits",
 ]
 
 HARD_MAX_IMAGES = 65536  # the configurable per-request limits are checked against Settings
 MAX_DEQUANTIZATION_SAMPLES = 64
+MAX_IMAGE_CHARS = 2**22  # one base64 image; the body limit usually binds first
+MAX_NAME_CHARS = 128
+MAX_SEED = 2**53 - 1  # exact in every JSON parser (JavaScript's numbers are doubles)
+
+
+def _not_bool_or_text(value: Any) -> Any:
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a JSON number, not a boolean or a string")
+    return value
+
+
+# A JSON integer: 3 or 3.0 (JSON Schema's `integer` includes both), never true, "3" or 3.5.
+JsonInt = Annotated[int, BeforeValidator(_not_bool_or_text)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_not_bool_or_text)]  # bounds inside: Optional
+Pixel = Annotated[int, Field(strict=True, ge=0, le=255)]  # strict: a Python call per pixel would cost
+Base64Image = Annotated[str, StringConstraints(min_length=1, max_length=MAX_IMAGE_CHARS)]
+PixelArray = list[list[Pixel]] | list[list[list[Pixel]]]  # (H, W), (C, H, W) or (H, W, C)
+ModelName = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. invalid_request, unknown_model")
+    message: str = Field(description="what was wrong, for a person")
+    request_id: str | None = Field(description="echoes X-Request-ID (or the one the server made)")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every non-2xx response."""
+
+    error: ErrorDetail
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "malformed JSON or multipart body",
+    401: "missing or wrong X-API-Key (only when the server has a key)",
+    404: "unknown model",
+    413: "request body larger than the server's limit",
+    415: "unsupported content type",
+    422: "the request does not validate, or an image cannot be decoded or has the wrong shape",
+    500: "internal error (details only in the server log)",
+    503: "starting, shutting down, or the queue is full (Retry-After)",
+    504: "the request's deadline passed while it was queued",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries with the error schema, for a route's `responses=`."""
+    return {s: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[s]} for s in statuses}
 
 
 class Timings(BaseModel):
@@ -30,11 +87,14 @@ class Timings(BaseModel):
 class SampleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="model name (GET /models); default: the server's default")
-    num_samples: int = Field(16, ge=1, le=HARD_MAX_IMAGES, description="images to generate")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="scale of the latent noise")
-    seed: int | None = Field(
-        None, ge=0, lt=2**63, description="seed of this request's noise; drawn and returned when absent"
+    model: ModelName | None = Field(
+        None, description="model name (GET /models); default (or empty): the server's default"
+    )
+    num_samples: JsonInt = Field(16, ge=1, le=HARD_MAX_IMAGES, description="images to generate")
+    temperature: float = Field(1.0, strict=True, ge=0.0, le=2.0, description="scale of the latent noise")
+    seed: Seed | None = Field(
+        None,
+        description="seed of this request's noise; drawn and returned when absent",
     )
     format: Literal["png", "npy", "grid_png"] = Field(
         "png", description="png: one base64 PNG per image; grid_png: one base64 PNG grid; npy: base64 .npy"
@@ -57,13 +117,13 @@ class SampleResponse(BaseModel):
 class LogProbRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = None
-    images: list[str | list] = Field(
+    model: ModelName | None = Field(None, description="model name; default (or empty): the server's default")
+    images: list[Base64Image | PixelArray] = Field(
         min_length=1,
         max_length=HARD_MAX_IMAGES,
         description="base64 PNG/JPEG/.npy strings, or nested arrays of integer pixels in [0, 255]",
     )
-    dequantization_samples: int = Field(
+    dequantization_samples: JsonInt = Field(
         1,
         ge=1,
         le=MAX_DEQUANTIZATION_SAMPLES,
@@ -101,3 +161,30 @@ class ModelInfo(BaseModel):
 class ModelList(BaseModel):
     default: str
     models: list[ModelInfo]
+
+
+def publish_limits(
+    spec: dict[str, Any], *, max_samples: int, max_images: int, models: list[str]
+) -> dict[str, Any]:
+    """Write this server's per-request limits and model names into its OpenAPI document (in place), so
+    that the schema states what the server accepts; validation keeps the hard limits, routes the rest."""
+    named = {"type": "string", "enum": [*models, ""]}  # "": the default model
+    schemas = spec["components"]["schemas"]
+    for name in ("SampleRequest", "EncodeRequest", "DecodeRequest", "InterpolateRequest"):
+        if name in schemas:
+            schemas[name]["properties"]["model"]["anyOf"] = [named, {"type": "null"}]
+    schemas["SampleRequest"]["properties"]["num_samples"]["maximum"] = max_samples
+    if "EncodeRequest" in schemas:  # the latent-space routes (service/routes/latent.py)
+        schemas["EncodeRequest"]["properties"]["images"]["maxItems"] = max_images
+        schemas["InterpolateRequest"]["properties"]["steps"]["maximum"] = max_samples
+    content = spec["paths"]["/logprob"]["post"]["requestBody"]["content"]
+    as_json = content["application/json"]["schema"]["properties"]
+    as_json["images"]["maxItems"] = max_images
+    as_json["model"]["anyOf"] = [named, {"type": "null"}]
+    as_form = content["multipart/form-data"]["schema"]["properties"]
+    as_form["files"]["maxItems"] = max_images
+    as_form["model"] = named
+    for parameter in spec["paths"]["/models/{name}"]["get"]["parameters"]:
+        if parameter["name"] == "name":
+            parameter["schema"] = {"type": "string", "enum": models}
+    return spec

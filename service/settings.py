@@ -27,7 +27,13 @@ class Settings(BaseSettings):
         "auto", description="inference backend for exportable passes (auto: the faster one on this device)"
     )
     max_batch_images: int = Field(64, ge=1, le=4096, description="a batch closes at this many images")
-    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="…or when its oldest request waited this long")
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="0: continuous batching (an idle model starts at once); >0: an idle model waits up to "
+        "this long for a fuller batch",
+    )
     max_queue_images: int = Field(1024, ge=1, description="queued images per (model, operation) before 503")
     overload_status: Literal[429, 503] = 503
     retry_after_s: int = Field(1, ge=0)

@@ -1,4 +1,7 @@
-"""What the app holds while it runs, and the dependencies that hand it to routes."""
+"""What the app holds while it runs, and the dependencies that hand it to routes.
+
+The dependencies are `async def`: FastAPI runs sync dependencies on the thread pool, a thread hop each.
+"""
 
 from __future__ import annotations
 
@@ -27,19 +30,19 @@ class AppState:
     extra: dict = field(default_factory=dict)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     return request.app.state.flows
 
 
-def get_ready_state(request: Request) -> AppState:
-    state = get_state(request)
+async def get_ready_state(request: Request) -> AppState:
+    state = request.app.state.flows
     if not state.ready or state.registry is None:
         raise NotReady("the server is starting or shutting down")
     return state
 
 
-def require_api_key(request: Request) -> None:
-    expected = get_state(request).settings.api_key
+async def require_api_key(request: Request) -> None:
+    expected = request.app.state.flows.settings.api_key
     if expected is None:
         return
     given = request.headers.get("x-api-key", "")

@@ -5,17 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..errors import NotReady
+from ..schemas import error_responses
 from ..state import State
 
 router = APIRouter(prefix="/health", tags=["health"])
 
 
-@router.get("/live")
+@router.get("/live", responses=error_responses(500))
 async def live() -> dict:
     return {"status": "alive"}
 
 
-@router.get("/ready")
+@router.get("/ready", responses=error_responses(500, 503))
 async def ready(state: State) -> dict:
     if not state.ready or state.registry is None:
         raise NotReady("not ready: loading, warming up or shutting down")

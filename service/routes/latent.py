@@ -25,20 +25,23 @@ from ..latent_schemas import (
 )
 from ..latentio import images_payload, latents_payload, latents_to_tensors, npy_bytes
 from ..registry import ServedEntry
-from ..schemas import Timings
+from ..schemas import Timings, error_responses
 from ..settings import Settings
 from ..state import AppState, Authorized, ReadyState
 from .common import until_disconnect
 
 router = APIRouter(tags=["latent space"])
 
-_RAW_RESPONSES = {
+# Every status an operation can return, with the error schema (the fuzz test checks each one).
+_ERRORS = error_responses(400, 401, 404, 413, 422, 500, 503, 504)
+_IMAGE_RESPONSES = {
     200: {
         "content": {
             "image/png": {"description": "one PNG (1 image) or a grid, with `Accept: image/png`"},
             "application/x-npy": {"description": "uint8 (N, C, H, W), with `Accept: application/x-npy`"},
         }
-    }
+    },
+    **_ERRORS,
 }
 
 
@@ -93,7 +96,7 @@ def _images_response(
     )
 
 
-@router.post("/encode", response_model=EncodeResponse)
+@router.post("/encode", response_model=EncodeResponse, responses=_ERRORS)
 async def encode(body: EncodeRequest, request: Request, state: ReadyState, _: Authorized) -> EncodeResponse:
     """Images → latents per level (finest first) and log|det ∂z/∂x|. /decode of these latents gives the
     images back; with `dequantization: hashed`, log N(z) + log_det is /logprob's value (K = 1)."""
@@ -126,7 +129,7 @@ async def encode(body: EncodeRequest, request: Request, state: ReadyState, _: Au
     )
 
 
-@router.post("/decode", response_model=DecodeResponse, responses=_RAW_RESPONSES)
+@router.post("/decode", response_model=DecodeResponse, responses=_IMAGE_RESPONSES)
 async def decode(body: DecodeRequest, request: Request, state: ReadyState, _: Authorized):
     """Latents (one array per level, as /encode returns them) → images. Shares /sample's batches."""
     started = time.perf_counter()
@@ -167,7 +170,7 @@ async def _endpoint_latents(
     return out, [result]
 
 
-@router.post("/interpolate", response_model=InterpolateResponse, responses=_RAW_RESPONSES)
+@router.post("/interpolate", response_model=InterpolateResponse, responses=_IMAGE_RESPONSES)
 async def interpolate(body: InterpolateRequest, request: Request, state: ReadyState, _: Authorized):
     """The path between two images or seeds in latent space (all levels together), decoded: `steps`
     images from `start` to `end`, both included; `spherical` (slerp, default) or `linear`."""

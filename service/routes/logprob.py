@@ -12,7 +12,14 @@ from starlette.datastructures import UploadFile
 
 from ..errors import BadRequest, ServiceError, TooManyImages
 from ..imageio import images_to_tensor
-from ..schemas import MAX_DEQUANTIZATION_SAMPLES, ImageScore, LogProbRequest, LogProbResponse, Timings
+from ..schemas import (
+    MAX_DEQUANTIZATION_SAMPLES,
+    ImageScore,
+    LogProbRequest,
+    LogProbResponse,
+    Timings,
+    error_responses,
+)
 from ..state import Authorized, ReadyState
 from .common import until_disconnect
 
@@ -32,8 +39,12 @@ _OPENAPI = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "model": {"type": "string"},
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
+                        },
+                        "model": {"type": "string", "maxLength": 128},
                         "dequantization_samples": {
                             "type": "integer",
                             "minimum": 1,
@@ -98,7 +109,12 @@ async def _read_multipart(request: Request, max_images: int) -> tuple[str | None
     return (model if isinstance(model, str) and model else None), items, labels, samples
 
 
-@router.post("/logprob", response_model=LogProbResponse, openapi_extra=_OPENAPI)
+@router.post(
+    "/logprob",
+    response_model=LogProbResponse,
+    openapi_extra=_OPENAPI,
+    responses=error_responses(400, 401, 404, 413, 415, 422, 500, 503, 504),
+)
 async def logprob(request: Request, state: ReadyState, _: Authorized) -> LogProbResponse:
     """Score images: JSON `{"model"?, "images": [...], "dequantization_samples"?}` or multipart files under
     `files` (PNG/JPEG/.npy). `dequantization_samples` K > 1 gives the importance-weighted bound."""

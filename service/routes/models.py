@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ..schemas import ModelInfo, ModelList
+from ..schemas import ModelInfo, ModelList, error_responses
 from ..state import Authorized, ReadyState
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
-@router.get("", response_model=ModelList)
+@router.get("", response_model=ModelList, responses=error_responses(401, 500, 503))
 async def list_models(state: ReadyState, _: Authorized) -> ModelList:
     registry = state.registry
     models = [
@@ -20,7 +20,7 @@ async def list_models(state: ReadyState, _: Authorized) -> ModelList:
     return ModelList(default=registry.default, models=models)
 
 
-@router.get("/{name}", response_model=ModelInfo)
+@router.get("/{name}", response_model=ModelInfo, responses=error_responses(401, 404, 422, 500, 503))
 async def get_model(name: str, state: ReadyState, _: Authorized) -> ModelInfo:
     entry = state.registry.get(name)
     return ModelInfo(**entry.model.info(), default=name == state.registry.default)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+
+from ..schemas import error_responses
 
 __all__ = ["STATIC_DIR", "mount_static", "router"]
 
@@ -17,10 +19,17 @@ _CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(tags=["playground"])
 
 
-@router.get("/")
+@router.get(
+    "/",
+    response_class=Response,  # not HTMLResponse: that would list the JSON error under text/html
+    responses={
+        200: {"content": {"text/html": {}}, "description": "the playground page (HTML)"},
+        **error_responses(500),
+    },
+)
 async def playground() -> FileResponse:
     """The page is open even with `--api-key`: it asks for the key and sends it on every API call."""
     return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": _CSP})

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 from model.images import encode_png, image_grid
 
 from ..errors import TooManyImages
-from ..schemas import SampleRequest, SampleResponse, Timings
+from ..schemas import MAX_SEED, SampleRequest, SampleResponse, Timings, error_responses
 from ..state import Authorized, ReadyState
 from .common import until_disconnect
 
@@ -47,7 +47,8 @@ def _wanted_raw_type(request: Request) -> str | None:
                 "image/png": {"description": "one PNG (1 sample) or a grid, with `Accept: image/png`"},
                 "application/x-npy": {"description": "uint8 (N, C, H, W), with `Accept: application/x-npy`"},
             }
-        }
+        },
+        **error_responses(400, 401, 404, 413, 422, 500, 503, 504),
     },
 )
 async def sample(body: SampleRequest, request: Request, state: ReadyState, _: Authorized):
@@ -60,7 +61,7 @@ async def sample(body: SampleRequest, request: Request, state: ReadyState, _: Au
             f"num_samples {body.num_samples} exceeds this server's limit "
             f"of {settings.max_samples_per_request}"
         )
-    seed = body.seed if body.seed is not None else secrets.randbits(63)
+    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     latents = entry.model.draw_latents(body.num_samples, body.temperature, seed)
     result = await until_disconnect(request, entry.sample.submit(latents, settings.request_timeout_s))
     images = result.output

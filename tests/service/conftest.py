@@ -30,12 +30,15 @@ def free_port() -> int:
 
 
 class RealServer:
-    """`python -m service` in a subprocess on 127.0.0.1, stopped with SIGTERM."""
+    """`python -m service` in a subprocess on 127.0.0.1, stopped with SIGTERM. One torch thread unless
+    `args` say otherwise: tests run several processes at once, and on a small CPU more threads only contend
+    (results do not depend on it)."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "service", "--port", str(self.port), "--models", str(MODELS), *args]
+        cmd = [sys.executable, "-m", "service", "--port", str(self.port), "--models", str(MODELS)]
+        cmd += [*args] if "--torch-threads" in args else ["--torch-threads", "1", *args]
         self.log = open(ROOT / f".pytest-server-{self.port}.log", "w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}

@@ -153,3 +153,18 @@ async def test_close_finishes_queued_work_then_refuses_new_work():
     assert [r.output.tolist() for r in results] == [[2.0 * i, 2.0 * i + 2] for i in range(5)]
     with pytest.raises(NotReady):
         await batcher.submit(rows(0, 1), 5.0)
+
+
+async def test_a_request_that_would_expire_in_the_queue_is_refused_at_once():
+    run = Recorder(delay=0.1)
+    batcher = make(run, max_batch_images=1, max_wait_s=0, max_queue_images=64)
+    batcher.start()
+    await batcher.submit(rows(0, 1), 5.0)  # one batch measured: about 10 images/s
+    running = asyncio.ensure_future(batcher.submit(rows(0, 1), 5.0))
+    queued = [asyncio.ensure_future(batcher.submit(rows(i, 1), 5.0)) for i in range(5)]
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded) as info:  # 5+ queued images ≈ 0.5 s of work > a 0.2 s deadline
+        await batcher.submit(rows(9, 1), 0.2)
+    assert info.value.status == 503 and "deadline" in info.value.message
+    assert all(r.output.shape == (1,) for r in await asyncio.gather(running, *queued))
+    await batcher.close()

@@ -248,7 +248,8 @@ def _bad_decode_bodies() -> list[tuple[str, dict, int, str, str]]:
         ),
         ("not_base64", {"latents": ["@@", "@@"]}, 422, "invalid_latents", "base64"),
         ("not_npy", {"latents": [base64.b64encode(b"hello").decode()] * 2}, 422, "invalid_latents", ".npy"),
-        ("ragged", {"latents": [[[1, 2], [3]], good[1].tolist()]}, 422, "invalid_latents", "rectangular"),
+        ("ragged", {"latents": [[[[1, 2], [3]]], good[1].tolist()]}, 422, "invalid_latents", "rectangular"),
+        ("too_flat", {"latents": [[[1, 2], [3, 4]], good[1].tolist()]}, 422, "invalid_request", "latents.0"),
         ("text", {"latents": [npy_b64(np.array(["a"])), npy_b64(good[1])]}, 422, "invalid_latents", "dtype"),
         ("no_levels", {"latents": []}, 422, "invalid_request", "latents"),
         (
@@ -335,9 +336,38 @@ def test_bad_encode_requests_get_a_clear_4xx(client, digits):
     )
 
 
+LAX = [  # issue 12's contract: no booleans for integers, no strings for numbers, bounded strings
+    ("/interpolate", {"start": {"seed": 1}, "end": {"seed": 2}, "steps": True}, "steps"),
+    ("/interpolate", {"start": {"seed": 1}, "end": {"seed": 2}, "steps": "3"}, "steps"),
+    ("/interpolate", {"start": {"seed": False}, "end": {"seed": 2}}, "start.seed"),
+    ("/interpolate", {"start": {"seed": "1"}, "end": {"seed": 2}}, "start.seed"),
+    ("/interpolate", {"start": {"seed": 2**53}, "end": {"seed": 2}}, "start.seed"),
+    ("/interpolate", {"start": {"seed": 1, "temperature": "0.5"}, "end": {"seed": 2}}, "temperature"),
+    ("/interpolate", {"start": {"seed": 1, "temperature": True}, "end": {"seed": 2}}, "temperature"),
+    ("/interpolate", {"start": {"image": ""}, "end": {"seed": 2}}, "start.image"),
+    ("/decode", {"latents": [[[[True] * 14] * 14] * 2, [[[0] * 7] * 7] * 8]}, "latents"),
+    ("/decode", {"latents": [[[["0"] * 14] * 14] * 2, [[[0] * 7] * 7] * 8]}, "latents"),
+    ("/decode", {"latents": ["", ""]}, "latents"),
+    ("/encode", {"images": [[[True] * 28] * 28]}, "images"),
+    ("/encode", {"images": [""]}, "images"),
+    ("/encode", {"model": "m" * 129, "images": [[[0] * 28] * 28]}, "model"),
+]
+
+
+@pytest.mark.parametrize("path,body,word", LAX, ids=[f"{p[1:]}-{i}" for i, (p, _, _) in enumerate(LAX)])
+def test_latent_endpoints_are_strict(inprocess, path, body, word):
+    assert_error(inprocess.post(path, json=body), 422, "invalid_request", word)
+
+
 def test_latent_endpoints_are_documented_and_counted(client, digits):
     spec = client.get("/openapi.json").json()
     assert {"/encode", "/decode", "/interpolate"} <= set(spec["paths"])
+    for path in ("/encode", "/decode", "/interpolate"):  # every error status, with the error schema
+        responses = spec["paths"][path]["post"]["responses"]
+        assert {"400", "401", "404", "413", "422", "500", "503", "504"} <= set(responses)
+        assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    assert "text/html" in spec["paths"]["/"]["get"]["responses"]["200"]["content"]
+    assert spec["components"]["schemas"]["InterpolateRequest"]["properties"]["steps"]["maximum"] == 256
     schemas = spec["components"]["schemas"]
     assert schemas["InterpolateRequest"]["examples"] and schemas["DecodeRequest"]["examples"]
     logprob_json = spec["paths"]["/logprob"]["post"]["requestBody"]["content"]["application/json"]["schema"]
