@@ -41,8 +41,8 @@ def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
     lines = [
         f"# {checkpoint.name}",
         "",
-        f"A normalizing flow for {training.get('dataset', '?')} images, served by flowserve "
-        "(`POST /sample`, `POST /logprob`).",
+        f"A normalizing flow for {training.get('dataset', '?')} images, for flowserve "
+        "(`POST /sample`, `POST /logprob` when its folder is under the served `--models` directory).",
         "",
         "| | |",
         "| --- | --- |",
@@ -88,7 +88,7 @@ def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
         "  the README's comparison table); samples at temperature 1 are noisier than at 0.7.",
         "- Images must match the input shape exactly; the service rejects other sizes with a 422.",
         "",
-        f"Regenerate this card with `python -m model.card checkpoints/{checkpoint.name}` after training.",
+        f"Regenerate this card with `python -m model.card {checkpoint.as_posix()}` after training.",
         "",
     ]
     return "\n".join(lines)
