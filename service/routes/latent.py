@@ -8,7 +8,6 @@ import time
 import torch
 from fastapi import APIRouter, Request, Response
 
-from model.images import encode_png, image_grid
 from model.interpolation import interpolate_latents
 
 from ..batching import BatchResult
@@ -23,12 +22,11 @@ from ..latent_schemas import (
     InterpolateResponse,
     InterpolationEndpoint,
 )
-from ..latentio import images_payload, latents_payload, latents_to_tensors, npy_bytes
+from ..latentio import images_payload, latents_payload, latents_to_tensors
 from ..registry import ServedEntry
 from ..schemas import Timings, error_responses
-from ..settings import Settings
 from ..state import AppState, Authorized, ReadyState
-from .common import until_disconnect
+from .common import check_sample_count, raw_images_response, until_disconnect
 
 router = APIRouter(tags=["latent space"])
 
@@ -54,22 +52,9 @@ def _timings(started: float, results: list[BatchResult]) -> Timings:
     )
 
 
-def _check_count(n: int, what: str, settings: Settings) -> None:
-    if n > settings.max_samples_per_request:
-        raise TooManyImages(f"{what} {n} exceeds this server's limit of {settings.max_samples_per_request}")
-
-
 def _raw_response(request: Request, images: torch.Tensor, model: str) -> Response | None:
     """Raw PNG / .npy bytes when `Accept` asks for them, as /sample does."""
-    accept = [p.split(";")[0].strip().lower() for p in request.headers.get("accept", "").split(",")]
-    headers = {"X-Model": model, "X-Num-Images": str(images.shape[0])}
-    for media in accept:
-        if media == "image/png":
-            png = encode_png(images[0] if images.shape[0] == 1 else image_grid(images))
-            return Response(png, media_type="image/png", headers=headers)
-        if media == "application/x-npy":
-            return Response(npy_bytes(images.numpy()), media_type="application/x-npy", headers=headers)
-    return None
+    return raw_images_response(request, images, {"X-Model": model, "X-Num-Images": str(images.shape[0])})
 
 
 async def _decode(
@@ -136,7 +121,7 @@ async def decode(body: DecodeRequest, request: Request, state: ReadyState, _: Au
     entry = state.registry.get(body.model)
     latents = latents_to_tensors(body.latents, entry.model.flow.latent_shapes())
     n = latents[0].shape[0]
-    _check_count(n, "number of images", state.settings)
+    check_sample_count(n, "number of images", state.settings)
     result = await _decode(request, state, entry, latents)
     request.state.log.update(model=entry.model.name, images=n)
     return _images_response(
@@ -175,7 +160,7 @@ async def interpolate(body: InterpolateRequest, request: Request, state: ReadySt
     """The path between two images or seeds in latent space (all levels together), decoded: `steps`
     images from `start` to `end`, both included; `spherical` (slerp, default) or `linear`."""
     started = time.perf_counter()
-    _check_count(body.steps, "steps", state.settings)
+    check_sample_count(body.steps, "steps", state.settings)
     entry = state.registry.get(body.model)
     ends, results = await _endpoint_latents(request, state, entry, {"start": body.start, "end": body.end})
     path, t = interpolate_latents(ends["start"], ends["end"], body.steps, body.method)

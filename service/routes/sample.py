@@ -3,39 +3,19 @@
 from __future__ import annotations
 
 import base64
-import io
 import secrets
 import time
 
-import numpy as np
-import torch
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 
 from model.images import encode_png, image_grid
 
-from ..errors import TooManyImages
+from ..latentio import npy_base64
 from ..schemas import MAX_SEED, SampleRequest, SampleResponse, Timings, error_responses
 from ..state import Authorized, ReadyState
-from .common import until_disconnect
+from .common import check_sample_count, raw_images_response, until_disconnect
 
 router = APIRouter(tags=["inference"])
-
-RAW_TYPES = {"image/png", "application/x-npy"}
-
-
-def _npy_bytes(images: torch.Tensor) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, images.numpy(), allow_pickle=False)
-    return buf.getvalue()
-
-
-def _wanted_raw_type(request: Request) -> str | None:
-    accept = request.headers.get("accept", "")
-    for part in accept.split(","):
-        media = part.split(";")[0].strip().lower()
-        if media in RAW_TYPES:
-            return media
-    return None
 
 
 @router.post(
@@ -56,11 +36,7 @@ async def sample(body: SampleRequest, request: Request, state: ReadyState, _: Au
     started = time.perf_counter()
     settings = state.settings
     entry = state.registry.get(body.model)
-    if body.num_samples > settings.max_samples_per_request:
-        raise TooManyImages(
-            f"num_samples {body.num_samples} exceeds this server's limit "
-            f"of {settings.max_samples_per_request}"
-        )
+    check_sample_count(body.num_samples, "num_samples", settings)
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     latents = entry.model.draw_latents(body.num_samples, body.temperature, seed)
     result = await until_disconnect(request, entry.sample.submit(latents, settings.request_timeout_s))
@@ -72,13 +48,10 @@ async def sample(body: SampleRequest, request: Request, state: ReadyState, _: Au
         inference_ms=round(result.inference_s * 1e3, 3),
         total_ms=round((time.perf_counter() - started) * 1e3, 3),
     )
-    raw = _wanted_raw_type(request)
+    headers = {"X-Model": entry.model.name, "X-Seed": str(seed), "X-Num-Samples": str(body.num_samples)}
+    raw = raw_images_response(request, images, headers)
     if raw is not None:
-        headers = {"X-Model": entry.model.name, "X-Seed": str(seed), "X-Num-Samples": str(body.num_samples)}
-        if raw == "image/png":
-            png = encode_png(images[0] if body.num_samples == 1 else image_grid(images))
-            return Response(png, media_type="image/png", headers=headers)
-        return Response(_npy_bytes(images), media_type="application/x-npy", headers=headers)
+        return raw
     response = SampleResponse(
         model=entry.model.name,
         seed=seed,
@@ -93,5 +66,5 @@ async def sample(body: SampleRequest, request: Request, state: ReadyState, _: Au
     elif body.format == "grid_png":
         response.grid = base64.b64encode(encode_png(image_grid(images))).decode()
     else:
-        response.npy = base64.b64encode(_npy_bytes(images)).decode()
+        response.npy = npy_base64(images.numpy())
     return response
