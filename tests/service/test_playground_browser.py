@@ -104,6 +104,12 @@ def png_array(b64_or_src: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
+def wait_for_images(page, selector: str, count: int) -> None:
+    """Wait until `count` images match `selector` and every one of them has loaded."""
+    page.wait_for_function("([s, n]) => document.querySelectorAll(s).length === n", arg=[selector, count])
+    page.wait_for_function("s => [...document.querySelectorAll(s)].every(i => i.naturalWidth)", arg=selector)
+
+
 def image_sources(page, selector: str) -> list[str]:
     return page.eval_on_selector_all(
         selector, "els => els.map(e => e.complete && e.naturalWidth ? e.src : '')"
@@ -171,8 +177,7 @@ def test_sample_every_model_shows_the_requested_grid_and_timings(browser, server
         page.fill("#seed", str(seed))
         page.locator("#temperature").fill("0.8")
         page.click("#sample-button")
-        page.wait_for_function("n => document.querySelectorAll('#grid img').length === n", arg=n)
-        page.wait_for_function("() => [...document.querySelectorAll('#grid img')].every(i => i.naturalWidth)")
+        wait_for_images(page, "#grid img", n)
         assert TIMINGS.search(page.inner_text("#sample-timings")), page.inner_text("#sample-timings")
         shown = [png_array(s) for s in image_sources(page, "#grid img")]
         assert len(shown) == n and all(a.shape == (28, 28) for a in shown)
@@ -226,8 +231,7 @@ def test_interpolation_strip_ends_are_the_decoded_endpoint_latents(browser, serv
     page.fill("#end-seed", "5")
     page.fill("#steps", "6")
     page.click("#interpolate-button")
-    page.wait_for_function("() => document.querySelectorAll('#strip img').length === 6")
-    page.wait_for_function("() => [...document.querySelectorAll('#strip img')].every(i => i.naturalWidth)")
+    wait_for_images(page, "#strip img", 6)
     assert TIMINGS.search(page.inner_text("#interp-timings"))
     shot(page, "04-interpolate")
     strip = [png_array(s) for s in image_sources(page, "#strip img")]
@@ -259,8 +263,7 @@ def test_interpolating_between_two_samples_of_the_grid(browser, server):
     page.select_option("#method", "linear")
     page.fill("#steps", "5")
     page.click("#interpolate-button")
-    page.wait_for_function("() => document.querySelectorAll('#strip img').length === 5")
-    page.wait_for_function("() => [...document.querySelectorAll('#strip img')].every(i => i.naturalWidth)")
+    wait_for_images(page, "#strip img", 5)
     strip = [png_array(s) for s in image_sources(page, "#strip img")]
     assert np.array_equal(strip[0], samples[0]) and np.array_equal(strip[-1], samples[1])
     page.context.close()
@@ -319,8 +322,7 @@ def test_phone_width_and_keyboard_only_use(browser, server):
     page.keyboard.press("Control+A")
     page.keyboard.type("9")
     page.keyboard.press("Enter")  # submits the form, as a keyboard user would
-    page.wait_for_function("() => document.querySelectorAll('#grid img').length === 9")
-    page.wait_for_function("() => [...document.querySelectorAll('#grid img')].every(i => i.naturalWidth)")
+    wait_for_images(page, "#grid img", 9)
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
     shot(page, "07-phone-sample")
     page.context.close()
