@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import print_table, write_results
 from model.data import load_mnist
 from model.images import encode_png
-from service.model_api import ServedModel
+from service.model_api import ServedModel, resolve_threads
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -251,7 +251,11 @@ class RawModel:
     def __init__(self, args: argparse.Namespace, backends: dict[str, str]):
         onnx = any(b.startswith("onnxruntime") for b in backends.values())
         path = Path(args.models) / args.model
-        self.model = ServedModel.load(path, torch.device("cpu"), "onnx" if onnx else "torch")
+        # The server's thread count (resolved the same way), so the reference is the same computation.
+        self.threads = resolve_threads(args.torch_threads, torch.device("cpu"))
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.model = ServedModel.load(path, torch.device("cpu"), "onnx" if onnx else "torch", self.threads)
         self.model.use_onnx = {
             "sample": backends.get("sample", "").startswith("onnxruntime"),
             "score": backends.get("logprob", "").startswith("onnxruntime"),
@@ -279,6 +283,8 @@ def _start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     command = [args.server_python or sys.executable, "-m", "service", "--port", str(port)]
     command += ["--models", args.models, "--backend", args.backend, "--log-level", "warning"]
     command += ["--max-batch-images", str(args.max_batch_images), *args.server_args]
+    if args.torch_threads:
+        command += ["--torch-threads", str(args.torch_threads)]
     server = subprocess.Popen(command, cwd=root)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1500):
@@ -307,6 +313,9 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=6.0, help="seconds per load level")
     p.add_argument("--idle-requests", type=int, default=200)
     p.add_argument("--backend", default="auto")
+    p.add_argument(
+        "--torch-threads", type=int, default=0, help="server and raw-model threads (0: the server's auto)"
+    )
     p.add_argument("--max-batch-images", type=int, default=64)
     p.add_argument("--raw-repeats", type=int, default=50)
     p.add_argument("--tag", default="after", help="results go to benchmarks/results/load_<tag>.json")
@@ -347,7 +356,8 @@ def main() -> None:
             server.terminate()
             server.wait(60)
         stack.close()
-    print(f"model {args.model}, backends {backends}, tag {args.tag}; idle overhead (4 images):")
+    threads = raw.threads or torch.get_num_threads()
+    print(f"model {args.model}, backends {backends}, {threads} inference threads, tag {args.tag}")
     print_table(idle, ["request", "service_p50_ms", "raw_p50_ms", "overhead_ms", "loop_cpu_ms_per_request"])
     cols = [
         "scenario",
@@ -375,6 +385,7 @@ def main() -> None:
             idle=idle,
             model=args.model,
             backends=backends,
+            inference_threads=threads,
             server_root=str(args.server_root or ROOT),
         ),
     )

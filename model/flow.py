@@ -38,6 +38,8 @@ def importance_weighted_log_prob(
     hashed-noise draws of each image: a lower bound on `log P(x)` that tightens as K grows (docs/math.md §5);
     K = 1 is the hashed single-sample bound. `log_density` maps continuous images to log-densities."""
     noise = hashed_noise_samples(x, samples)
+    if samples == 1:  # log-sum-exp of one draw is that draw, bit for bit: skip the stack
+        return log_density(x + noise[0]).double()
     per_draw = torch.stack([log_density(x + noise[k]).double() for k in range(samples)])
     return torch.logsumexp(per_draw, dim=0) - math.log(samples)
 

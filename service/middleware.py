@@ -67,8 +67,13 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope.get("headers", [])}
-        given = headers.get("x-request-id", "")
+        given, length = "", None
+        for key, value in scope.get("headers", ()):  # the two headers we need, without a dict of all
+            name = key.lower()
+            if name == b"x-request-id":
+                given = value.decode("latin1")
+            elif name == b"content-length":
+                length = value.decode("latin1")
         request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         scope["state"]["log"] = {}
@@ -81,7 +86,6 @@ class RequestContextMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
-        length = headers.get("content-length")
         if length is not None and length.isdigit():
             if int(length) > self.max_body_bytes:
                 await self._reject_too_large(send_with_id, request_id)
@@ -107,6 +111,8 @@ class RequestContextMiddleware:
         endpoint = endpoint_label(scope["path"])
         self.metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
         self.metrics.latency.labels(endpoint=endpoint).observe(elapsed)
+        if not log.isEnabledFor(logging.INFO):
+            return
         record = {
             "request_id": request_id,
             "method": scope["method"],

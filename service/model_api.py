@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from model.layers.preprocess import hashed_noise
 
 from .onnx_backend import OnnxPass, load_onnx_passes
 
-__all__ = ["ServedModel", "prepare_kernels", "resolve_device"]
+__all__ = ["ServedModel", "prepare_kernels", "resolve_device", "resolve_threads"]
 
 log = logging.getLogger("service.model")
 # The pass of each architecture that runs the triangular solve (the others are convolutions only).
@@ -49,6 +50,17 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was requested but no CUDA device is available")
     return torch.device(requested)
+
+
+def resolve_threads(requested: int, device: torch.device) -> int:
+    """Intra-op threads for inference; 0 means "leave the library defaults". `requested` 0 (auto) on a CPU
+    device: one fewer than the usable cores, at least 1, so the event loop keeps a core for HTTP, decoding
+    and encoding instead of contending with inference (on 2 cores that halved the idle overhead and doubled
+    small-request throughput: benchmarks/results/load_*.json). Where `OMP_NUM_THREADS` is set (Ray sets it
+    per replica) or on a GPU, the defaults stay."""
+    if requested or device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        return requested
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 @dataclass
@@ -120,8 +132,9 @@ class ServedModel:
         """`uint8` images → log-probabilities (nats, float64 on the CPU). `samples` (one int per image,
         default 1) is K of the importance-weighted bound over K hashed dequantisations of that image."""
         x = images.float()
-        if samples is None:
-            return importance_weighted_log_prob(self._log_density, x, 1)
+        if samples is None or bool((samples == samples[0]).all()):  # one K for the batch: the common case
+            k = 1 if samples is None else int(samples[0])
+            return importance_weighted_log_prob(self._log_density, x, k)
         out = torch.empty(x.shape[0], dtype=torch.float64)
         for k in samples.unique().tolist():  # one pass per distinct K in the batch
             rows = (samples == k).nonzero().squeeze(1)

@@ -37,14 +37,17 @@ class ModelRegistry:
         self.entries, self.default = entries, default
 
     @classmethod
-    def load(cls, settings: Settings, device, executor: Executor, metrics: Metrics) -> ModelRegistry:
+    def load(
+        cls, settings: Settings, device, executor: Executor, metrics: Metrics, threads: int = 0
+    ) -> ModelRegistry:
+        """`threads`: onnxruntime's intra-op threads (0: its default), as resolved for torch."""
         dirs = checkpoint_dirs(settings.models)
         if not dirs:
             raise RuntimeError(f"no checkpoints (directories with config.json) under {settings.models}")
         prepare_kernels(device)  # before any model runs: no request ever waits for a compiler
         entries = {}
         for path in dirs:
-            model = ServedModel.load(path, device, settings.backend, settings.torch_threads)
+            model = ServedModel.load(path, device, settings.backend, threads)
             common = dict(
                 max_batch_images=settings.max_batch_images,
                 max_wait_s=settings.max_wait_ms / 1000,

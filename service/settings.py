@@ -43,7 +43,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
     api_key: str | None = Field(None, description="if set, /sample, /logprob and /models need X-API-Key")
     warmup: bool = True
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="inference intra-op threads, torch and onnxruntime (0: on a CPU, the usable cores less "
+        "one, kept for the event loop; torch's default where OMP_NUM_THREADS is set, and on a GPU)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("models")

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import torch
 from fastapi import Request, Response
+from pydantic import BaseModel
 
 from model.images import encode_png, image_grid
 
@@ -22,28 +23,35 @@ class ClientDisconnected(ServiceError):
     status, code = 499, "client_closed_request"
 
 
-async def _wait_for_disconnect(request: Request) -> None:
+async def _cancel_on_disconnect(request: Request, task: asyncio.Task) -> None:
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
+            task.cancel()
             return
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it (and so its queued batches) if the client goes away first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    """Await `work` in this task, cancelling it (and so its queued batches) if the client goes away first.
+    One watcher task per request and no `asyncio.wait`: this sits on every inference request's path."""
+    task = asyncio.current_task()
+    assert task is not None
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, task))
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
-        raise
+        if not watcher.done() or watcher.cancelled():
+            raise  # cancelled from outside (server shutdown), not by the watcher
+        task.uncancel()
+        raise ClientDisconnected("client disconnected before the result was ready") from None
     finally:
         watcher.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    raise ClientDisconnected("client disconnected before the result was ready")
+
+
+def json_response(body: BaseModel, headers: dict[str, str] | None = None) -> Response:
+    """A response model serialised once, by pydantic-core: FastAPI's `response_model` path would dump,
+    re-validate and dump it again (the route's `response_model` still documents it in OpenAPI)."""
+    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
 
 
 def check_sample_count(n: int, what: str, settings: Settings) -> None:

@@ -26,7 +26,7 @@ from ..latentio import images_payload, latents_payload, latents_to_tensors
 from ..registry import ServedEntry
 from ..schemas import Timings, error_responses
 from ..state import AppState, Authorized, ReadyState
-from .common import check_sample_count, raw_images_response, until_disconnect
+from .common import check_sample_count, json_response, raw_images_response, until_disconnect
 
 router = APIRouter(tags=["latent space"])
 
@@ -71,18 +71,20 @@ def _images_response(
     raw = _raw_response(request, images, entry.model.name)
     if raw is not None:
         return raw
-    return cls(
-        model=entry.model.name,
-        num_images=images.shape[0],
-        image_shape=list(entry.model.image_shape),
-        format=fmt,
-        **extra,
-        **images_payload(images, fmt),
+    return json_response(
+        cls(
+            model=entry.model.name,
+            num_images=images.shape[0],
+            image_shape=list(entry.model.image_shape),
+            format=fmt,
+            **extra,
+            **images_payload(images, fmt),
+        )
     )
 
 
 @router.post("/encode", response_model=EncodeResponse, responses=_ERRORS)
-async def encode(body: EncodeRequest, request: Request, state: ReadyState, _: Authorized) -> EncodeResponse:
+async def encode(body: EncodeRequest, request: Request, state: ReadyState, _: Authorized) -> Response:
     """Images → latents per level (finest first) and log|det ∂z/∂x|. /decode of these latents gives the
     images back; with `dequantization: hashed`, log N(z) + log_det is /logprob's value (K = 1)."""
     started = time.perf_counter()
@@ -101,16 +103,18 @@ async def encode(body: EncodeRequest, request: Request, state: ReadyState, _: Au
     )
     latents, log_det, log_prob = entry.model.unpack_encoded(result.output)
     request.state.log.update(model=entry.model.name, images=len(body.images))
-    return EncodeResponse(
-        model=entry.model.name,
-        num_images=len(body.images),
-        format=body.format,
-        dequantization=body.dequantization,
-        latent_shapes=[list(s) for s in entry.model.flow.latent_shapes()],
-        latents=latents_payload(latents, body.format),
-        log_det=log_det.tolist(),
-        log_prob=log_prob.tolist(),
-        timings=_timings(started, [result]),
+    return json_response(
+        EncodeResponse(
+            model=entry.model.name,
+            num_images=len(body.images),
+            format=body.format,
+            dequantization=body.dequantization,
+            latent_shapes=[list(s) for s in entry.model.flow.latent_shapes()],
+            latents=latents_payload(latents, body.format),
+            log_det=log_det.tolist(),
+            log_prob=log_prob.tolist(),
+            timings=_timings(started, [result]),
+        )
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import torch
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -21,7 +21,7 @@ from ..schemas import (
     error_responses,
 )
 from ..state import Authorized, ReadyState
-from .common import until_disconnect
+from .common import json_response, until_disconnect
 
 router = APIRouter(tags=["inference"])
 
@@ -115,7 +115,7 @@ async def _read_multipart(request: Request, max_images: int) -> tuple[str | None
     openapi_extra=_OPENAPI,
     responses=error_responses(400, 401, 404, 413, 415, 422, 500, 503, 504),
 )
-async def logprob(request: Request, state: ReadyState, _: Authorized) -> LogProbResponse:
+async def logprob(request: Request, state: ReadyState, _: Authorized) -> Response:
     """Score images: JSON `{"model"?, "images": [...], "dequantization_samples"?}` or multipart files under
     `files` (PNG/JPEG/.npy). `dequantization_samples` K > 1 gives the importance-weighted bound."""
     started = time.perf_counter()
@@ -140,17 +140,19 @@ async def logprob(request: Request, state: ReadyState, _: Authorized) -> LogProb
     bpd = entry.model.bits_per_dim(log_prob)
     state.metrics.images_scored.labels(model=entry.model.name).inc(len(items))
     request.state.log.update(model=entry.model.name, images=len(items), dequantization_samples=samples)
-    return LogProbResponse(
-        model=entry.model.name,
-        num_dims=entry.model.num_dims,
-        dequantization_samples=samples,
-        results=[
-            ImageScore(log_prob=lp, bits_per_dim=b)
-            for lp, b in zip(log_prob.tolist(), bpd.tolist(), strict=True)
-        ],
-        timings=Timings(
-            queue_ms=round(result.queue_s * 1e3, 3),
-            inference_ms=round(result.inference_s * 1e3, 3),
-            total_ms=round((time.perf_counter() - started) * 1e3, 3),
-        ),
+    return json_response(
+        LogProbResponse(
+            model=entry.model.name,
+            num_dims=entry.model.num_dims,
+            dequantization_samples=samples,
+            results=[
+                ImageScore(log_prob=lp, bits_per_dim=b)
+                for lp, b in zip(log_prob.tolist(), bpd.tolist(), strict=True)
+            ],
+            timings=Timings(
+                queue_ms=round(result.queue_s * 1e3, 3),
+                inference_ms=round(result.inference_s * 1e3, 3),
+                total_ms=round((time.perf_counter() - started) * 1e3, 3),
+            ),
+        )
     )

@@ -13,7 +13,7 @@ from model.images import encode_png, image_grid
 from ..latentio import npy_base64
 from ..schemas import MAX_SEED, SampleRequest, SampleResponse, Timings, error_responses
 from ..state import Authorized, ReadyState
-from .common import check_sample_count, raw_images_response, until_disconnect
+from .common import check_sample_count, json_response, raw_images_response, until_disconnect
 
 router = APIRouter(tags=["inference"])
 
@@ -67,4 +67,4 @@ async def sample(body: SampleRequest, request: Request, state: ReadyState, _: Au
         response.grid = base64.b64encode(encode_png(image_grid(images))).decode()
     else:
         response.npy = npy_base64(images.numpy())
-    return response
+    return json_response(response)

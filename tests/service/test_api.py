@@ -304,3 +304,18 @@ def test_client_library_and_cli_against_a_real_server(real_server, tmp_path, dig
     (tmp_path / "d.png").write_bytes(png(digits[1]))
     run = run_client("logprob", str(tmp_path / "d.png"))
     assert run.returncode == 0 and json.loads(run.stdout)["results"][0]["bits_per_dim"] > 0
+
+
+def test_inference_threads_leave_a_core_to_the_event_loop_on_a_cpu(monkeypatch):
+    from service.model_api import resolve_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    cpu = torch.device("cpu")
+    assert resolve_threads(0, cpu) == 3
+    assert resolve_threads(2, cpu) == 2  # an explicit number wins
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    assert resolve_threads(0, cpu) == 1  # never zero threads
+    assert resolve_threads(0, torch.device("cuda")) == 0  # a GPU keeps the library defaults
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # Ray sets it per replica: respected
+    assert resolve_threads(0, cpu) == 0
