@@ -241,6 +241,7 @@ def main() -> None:
             backend="auto",
             max_batch_images=64,
             server_args=[],
+            torch_threads=0,  # the server's auto
         )
         server, url = _start_server(options)
     try:
