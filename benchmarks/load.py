@@ -9,6 +9,8 @@ so an older checkout can be measured with the same client: the "before" numbers)
 1. **Idle overhead**: one request at a time over a keep-alive `http.client` connection (a client that
    costs ~0.1 ms, so the number is the server's), for `/logprob` JSON, `/logprob` multipart and `/sample`
    (PNG), 4 images each: service p50 minus the raw model's p50 on the same batch. Target ≤ 1.5 ms (CPU).
+   Beside it, the floor (`GET /health/live`) and the raw model called after the idle time it has
+   between batches in the service (`raw_after_idle`): what of the overhead is the machine, not the code.
 2. **Throughput** per scenario `op:images`: closed loop with 1 and `--clients` clients, beside the raw
    model's images/s at the mean batch size the server formed. Targets at 16 clients: ≥ 60% of raw with
    4 images per request, ≥ 85% with 64.
@@ -122,7 +124,16 @@ class Requests:
             self.body, self.content_type = _multipart(digits[:images], model)
 
 
-def idle_latencies(url: str, req: Requests, n: int, warmup: int = 5) -> list[float]:
+class _Health:
+    """`GET /health/live`: the floor of any request (HTTP, middleware, routing, a JSON body)."""
+
+    op, kind, path, content_type, body = "health", "get", "/health/live", "application/json", None
+
+
+HEALTH = _Health()
+
+
+def idle_latencies(url: str, req: Requests | _Health, n: int, warmup: int = 5) -> list[float]:
     """`n` sequential requests on one keep-alive connection; seconds each (after `warmup` requests)."""
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
@@ -130,7 +141,7 @@ def idle_latencies(url: str, req: Requests, n: int, warmup: int = 5) -> list[flo
     out = []
     for i in range(n + warmup):
         started = time.perf_counter()
-        conn.request("POST", req.path, body=req.body, headers=headers)
+        conn.request("POST" if req.body else "GET", req.path, body=req.body, headers=headers)
         response = conn.getresponse()
         response.read()
         elapsed = time.perf_counter() - started
@@ -227,20 +238,30 @@ async def drive(url: str, req: Requests, args: argparse.Namespace, pid: int | No
 
 
 def measure_idle(url: str, pid: int | None, raw: RawModel, req: Requests, args: argparse.Namespace) -> dict:
-    """Service and raw model in alternating blocks (a shared machine drifts), p50 of each."""
-    service, model, loop_cpu = [], [], 0.0
-    rounds = 5
+    """Service and raw model in alternating blocks (a shared machine drifts), p50 of each. Two diagnostics
+    beside the target's number: the floor (`GET /health/live`, any request's cost through HTTP and the
+    middleware) and the raw model called with the idle time it has between batches in the service (a
+    request-at-a-time server idles while the response travels; on this VM the next call then runs slower)."""
+    service, model, idle_model, floor, loop_cpu = [], [], [], [], 0.0
+    rounds, gap = 5, 0.0
     for _ in range(rounds):
         model += raw.seconds(req.op, req.images, max(3, args.raw_repeats // rounds))
         cpu0 = _cpu_s(pid, main_thread=True)
         service += idle_latencies(url, req, args.idle_requests // rounds)
         loop_cpu += _cpu_s(pid, main_thread=True) - cpu0
+        floor += idle_latencies(url, HEALTH, args.idle_requests // rounds)
+        gap = max(0.0, statistics.median(service) - statistics.median(model))
+        idle_model += raw.seconds(req.op, req.images, max(3, args.raw_repeats // rounds), gap_s=gap)
     service_p50, raw_p50 = 1e3 * statistics.median(service), 1e3 * statistics.median(model)
+    idle_raw_p50 = 1e3 * statistics.median(idle_model)
     return {
         "request": f"{req.op} {'png' if req.op == 'sample' else req.kind} x{req.images}",
         "service_p50_ms": service_p50,
         "raw_p50_ms": raw_p50,
         "overhead_ms": service_p50 - raw_p50,
+        "floor_p50_ms": 1e3 * statistics.median(floor),
+        "raw_after_idle_p50_ms": idle_raw_p50,
+        "overhead_vs_raw_after_idle_ms": service_p50 - idle_raw_p50,
         "loop_cpu_ms_per_request": 1e3 * loop_cpu / (rounds * (args.idle_requests // rounds + 5)),
     }
 
@@ -261,7 +282,8 @@ class RawModel:
             "score": backends.get("logprob", "").startswith("onnxruntime"),
         }
 
-    def seconds(self, op: str, batch: int, repeats: int) -> list[float]:
+    def seconds(self, op: str, batch: int, repeats: int, gap_s: float = 0.0) -> list[float]:
+        """Wall seconds per call, back to back, or with `gap_s` of idle time before each call."""
         model = self.model
         images = model.decode(model.draw_latents(batch, 1.0, 0))
         latents = model.draw_latents(batch, 1.0, 1)
@@ -271,6 +293,8 @@ class RawModel:
                 fn()
             runs = []
             for _ in range(repeats):
+                if gap_s:
+                    time.sleep(gap_s)
                 start = time.perf_counter()
                 fn()
                 runs.append(time.perf_counter() - start)
@@ -358,7 +382,9 @@ def main() -> None:
         stack.close()
     threads = raw.threads or torch.get_num_threads()
     print(f"model {args.model}, backends {backends}, {threads} inference threads, tag {args.tag}")
-    print_table(idle, ["request", "service_p50_ms", "raw_p50_ms", "overhead_ms", "loop_cpu_ms_per_request"])
+    idle_columns = ["request", "service_p50_ms", "raw_p50_ms", "overhead_ms", "floor_p50_ms"]
+    idle_columns += ["raw_after_idle_p50_ms", "overhead_vs_raw_after_idle_ms", "loop_cpu_ms_per_request"]
+    print_table(idle, idle_columns)
     cols = [
         "scenario",
         "load",
