@@ -2,7 +2,8 @@
 
 `config.json` holds the architecture (`FlowConfig`), the preprocessing, and a training summary
 (dataset, steps, test bits/dim, parameter count, commit, date). Training runs add
-`train_state.safetensors` + `train_state.json` (optimizer moments, step counters) for `--resume`.
+`train_state.safetensors` for `--resume`: optimizer moments, weights and counters in one file, replaced
+atomically (model/train.py).
 """
 
 from __future__ import annotations

@@ -21,11 +21,13 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -38,11 +40,21 @@ from .flow import MultiScaleFlow, build_flow
 from .images import save_grid
 from .layers import ActNorm, dequantize
 
-__all__ = ["TrainingError", "evaluate_bits_per_dim", "learning_rate", "main", "train"]
+__all__ = [
+    "TrainState",
+    "TrainingError",
+    "evaluate_bits_per_dim",
+    "learning_rate",
+    "main",
+    "read_train_state",
+    "train",
+]
 
 log = logging.getLogger("model.train")
-STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
-LIVE_WEIGHTS = "train_state_live.safetensors"  # the optimised weights when the checkpoint holds EMA weights
+# The resumable state is one file, replaced atomically: the commit point of every checkpoint (below).
+STATE_TENSORS = "train_state.safetensors"
+# Earlier runs kept it in three files; they still resume (`read_train_state`).
+LEGACY_STATE_JSON, LEGACY_LIVE_WEIGHTS = "train_state.json", "train_state_live.safetensors"
 
 
 class TrainingError(RuntimeError):
@@ -80,26 +92,83 @@ def evaluate_bits_per_dim(
     return total / count
 
 
-def _save_train_state(out: Path, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+@dataclass
+class TrainState:
+    """What `--resume` continues from: counters and history (`meta`), the checkpoint's weights (`weights`:
+    the Polyak average with `--ema-decay`, else the live ones), the live weights (`live`, with EMA only) and
+    the optimizer's tensors."""
+
+    meta: dict[str, Any]
+    weights: dict[str, torch.Tensor] | None
+    live: dict[str, torch.Tensor] | None
+    optimizer: dict[str, torch.Tensor]
+
+
+def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def _save_train_state(
+    out: Path,
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    weights: torch.nn.Module,
+    live: torch.nn.Module | None,
+) -> None:
+    """Everything `--resume` needs in one safetensors file (the metadata holds `meta` as JSON), written
+    beside and renamed over the old one: a run killed at any moment resumes from the last complete state,
+    whichever of the other files (served weights, config, log, grids) had been rewritten since."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     for idx, param_state in state["state"].items():
         for key, value in param_state.items():
-            tensors[f"{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    save_file(tensors, str(out / (STATE_TENSORS + ".tmp")))
-    (out / (STATE_TENSORS + ".tmp")).replace(out / STATE_TENSORS)
+            tensors[f"optimizer/{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors.update({f"weights/{k}": v for k, v in _tensors(weights).items()})
+    if live is not None:
+        tensors.update({f"live/{k}": v for k, v in _tensors(live).items()})
     meta = {**meta, "param_groups": state["param_groups"]}
-    (out / (STATE_JSON + ".tmp")).write_text(json.dumps(meta, indent=2))
-    (out / (STATE_JSON + ".tmp")).replace(out / STATE_JSON)
+    tmp = out / (STATE_TENSORS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(out / STATE_TENSORS)
+    for legacy in (LEGACY_STATE_JSON, LEGACY_LIVE_WEIGHTS):
+        (out / legacy).unlink(missing_ok=True)
 
 
-def _load_train_state(out: Path, optimizer: torch.optim.Optimizer, device: torch.device) -> dict[str, Any]:
-    meta = json.loads((out / STATE_JSON).read_text())
+def read_train_state(out: Path) -> TrainState:
+    """The resumable state in `out` (also the three-file layout of earlier runs)."""
+    with safe_open(str(out / STATE_TENSORS), "pt") as f:
+        metadata = f.metadata() or {}
     tensors = load_file(str(out / STATE_TENSORS))
+    if "meta" not in metadata:  # legacy: optimizer tensors only; meta and live weights beside them
+        live = out / LEGACY_LIVE_WEIGHTS
+        return TrainState(
+            meta=json.loads((out / LEGACY_STATE_JSON).read_text()),
+            weights=None,  # the checkpoint's model.safetensors
+            live=load_file(str(live)) if live.is_file() else None,
+            optimizer=tensors,
+        )
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    return TrainState(
+        meta=json.loads(metadata["meta"]),
+        weights=part("weights/"),
+        live=part("live/") or None,
+        optimizer=part("optimizer/"),
+    )
+
+
+def _load_optimizer_state(
+    optimizer: torch.optim.Optimizer, saved: TrainState, device: torch.device
+) -> dict[str, Any]:
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
+    for name, value in saved.optimizer.items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value if key == "step" else value.to(device)
+    meta = dict(saved.meta)
     optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
     return meta
 
@@ -163,10 +232,13 @@ def train(args: argparse.Namespace) -> Path:
         data = ImageData(data.name, data.train[: args.train_limit], data.test)
     test_images = data.test[: args.eval_images] if args.eval_images else data.test
 
-    resuming = args.resume and (out / STATE_JSON).is_file()
+    resuming = args.resume and (out / STATE_TENSORS).is_file()
+    saved = read_train_state(out) if resuming else None
     start_from = out if resuming else Path(args.init_from) if args.init_from else None
     if start_from is not None:
         flow = load_flow(start_from, device=device).train()
+        if saved is not None and saved.weights is not None:  # the state's own copy: the commit point
+            flow.load_state_dict(saved.weights)
         if flow.config.image_shape != data.image_shape:
             raise TrainingError(
                 f"{start_from} models {flow.config.image_shape} images, dataset {data.name!r} has "
@@ -178,13 +250,13 @@ def train(args: argparse.Namespace) -> Path:
     ema = None
     if args.ema_decay > 0:
         ema = _PolyakAverage(flow, args.ema_decay)  # the checkpoint's weights when resuming
-        if resuming and (out / LIVE_WEIGHTS).is_file():
-            flow.load_state_dict(load_file(str(out / LIVE_WEIGHTS), device=str(device)))
+        if saved is not None and saved.live is not None:
+            flow.load_state_dict(saved.live)
     optimizer = torch.optim.Adam(flow.parameters(), lr=args.lr)
     model = ddp.wrap(flow, device)  # x -> log p(x); gradients averaged over processes when distributed
     meta: dict[str, Any] = {"epoch": 0, "batch": 0, "global_step": 0, "history": [], "train_seconds": 0.0}
-    if resuming:
-        meta = _load_train_state(out, optimizer, device)
+    if saved is not None:
+        meta = _load_optimizer_state(optimizer, saved, device)
     elif start_from is not None:  # a fresh optimizer (warm-up again); the same epochs, log and schedule
         history = read_training_log(start_from)
         done = read_config(start_from)["training"]
@@ -245,11 +317,7 @@ def train(args: argparse.Namespace) -> Path:
     def checkpoint(test_bpd: float | None) -> None:
         meta["train_seconds"] = train_seconds_before + time.monotonic() - started
         save_flow(served(), out, summary(test_bpd))
-        if ema is not None:
-            state = {k: v.detach().contiguous().cpu() for k, v in flow.state_dict().items()}
-            save_file(state, str(out / (LIVE_WEIGHTS + ".tmp")))
-            (out / (LIVE_WEIGHTS + ".tmp")).replace(out / LIVE_WEIGHTS)
-        _save_train_state(out, optimizer, meta)
+        _save_train_state(out, optimizer, meta, served(), flow if ema is not None else None)
 
     def end_of_epoch(epoch: int, train_bpd: float, lr: float) -> None:
         model = served()

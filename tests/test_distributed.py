@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from model.data import load_mnist
 from model.distributed import Distributed
-from model.train import LIVE_WEIGHTS
 from model.train import main as train_main
+from model.train import read_train_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
 def _weights(out: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {
         "checkpoint": load_file(str(out / "model.safetensors")),
-        "live": load_file(str(out / LIVE_WEIGHTS)),
+        "live": read_train_state(out).live,
     }
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from model import CheckpointError, FlowConfig, build_flow, load_flow, read_config, save_flow
 from model.data import FASHION_MNIST_DIR, load_dataset, load_fashion_mnist, load_mnist, load_npy
 from model.train import main as train_main
+from model.train import read_train_state
 
 from .helpers import randomise_parameters
 
@@ -147,10 +148,10 @@ def test_time_budget_stops_mid_epoch_and_resume_finishes(tmp_path):
     args = ["--arch", "glow", "--dataset", str(tmp_path / "d.npy"), "--out", str(out), "--steps", "1"]
     args += ["--hidden", "8", "--batch-size", "16", "--epochs", "1", "--quiet"]
     train_main([*args, "--max-steps", "3"])
-    state = json.loads((out / "train_state.json").read_text())
+    state = read_train_state(out).meta
     assert (state["epoch"], state["batch"]) == (0, 3)
     train_main([*args, "--resume"])
-    state = json.loads((out / "train_state.json").read_text())
+    state = read_train_state(out).meta
     assert (state["epoch"], state["global_step"]) == (1, 230 // 16)
 
 

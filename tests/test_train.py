@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +20,7 @@ from model import load_flow
 from model.curves import CURVE_FILE, LOG_FILE, plot_learning_curve, read_training_log
 from model.data import load_mnist
 from model.flow import MultiScaleFlow
-from model.train import LIVE_WEIGHTS, learning_rate
+from model.train import LEGACY_LIVE_WEIGHTS, LEGACY_STATE_JSON, STATE_TENSORS, learning_rate, read_train_state
 from model.train import main as train_main
 
 
@@ -24,6 +29,9 @@ def digits(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "digits.npy"
     np.save(path, load_mnist().train[:192].numpy()[:, 0])
     return path
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _args(out: Path, data: Path, *extra: str) -> list[str]:
@@ -52,9 +60,7 @@ def test_training_writes_log_and_curve_and_checkpoints_polyak_weights(tmp_path, 
     assert (out / CURVE_FILE).stat().st_size > 1000
     # The checkpoint holds the averaged weights, the training state the live ones, and they differ.
     served, live = load_flow(out), load_flow(out)
-    from safetensors.torch import load_file
-
-    live.load_state_dict(load_file(str(out / LIVE_WEIGHTS)))
+    live.load_state_dict(read_train_state(out).live)
     diffs = [(a - b).abs().max().item() for a, b in zip(served.parameters(), live.parameters(), strict=True)]
     assert max(diffs) > 0
     # The average ramps its decay up, so after a few steps it is not stuck near the initialisation.
@@ -89,7 +95,7 @@ def test_init_from_continues_a_checkpoint_without_its_optimizer_state(tmp_path, 
     assert train_main(_args(second, digits, "--epochs", "3", "--init-from", str(first))) == 0
     log = read_training_log(second)
     assert [r["epoch"] for r in log] == [1, 2, 3] and log[:2] == read_training_log(first)
-    state = json.loads((second / "train_state.json").read_text())
+    state = read_train_state(second).meta
     assert state["global_step"] == 15 and state["warmup_from"] == 10
     args = argparse.Namespace(lr=1e-3, warmup_steps=4, lr_schedule="constant", min_lr_ratio=0.1)
     assert learning_rate(args, 10, 15, warmup_from=10) == pytest.approx(0.25e-3)
@@ -131,3 +137,51 @@ def test_data_that_does_not_fit_the_configuration_is_refused_clearly(tmp_path, d
     np.save(small, torch.randint(0, 256, (64, 16, 16), dtype=torch.uint8).numpy())
     assert train_main(_args(out, small, "--resume")) == 2
     assert "models (1, 28, 28) images" in caplog.text
+
+
+def test_a_run_killed_mid_epoch_resumes_from_its_last_complete_state(tmp_path, digits):
+    """kill -9 at an arbitrary moment after the first checkpoint: the state on disk is whole (one file,
+    renamed into place), loads, and `--resume` finishes the run from it."""
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "model.train",
+        *_args(out, digits, "--epochs", "40", "--eval-images", "32"),
+    ]
+    run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / STATE_TENSORS).is_file() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(random.Random(0).uniform(0.3, 1.0))  # somewhere in a later epoch, maybe mid-write
+        assert run.poll() is None, "the run ended before it could be killed"
+        run.send_signal(signal.SIGKILL)
+        run.wait(30)
+    finally:
+        run.kill()
+    saved = read_train_state(out)
+    assert 1 <= saved.meta["epoch"] < 40 and saved.weights is not None
+    epochs = str(saved.meta["epoch"] + 2)
+    assert train_main(_args(out, digits, "--epochs", epochs, "--eval-images", "32", "--resume")) == 0
+    log = read_training_log(out)
+    assert [r["epoch"] for r in log] == list(range(1, saved.meta["epoch"] + 3))
+    assert all(np.isfinite(r["test_bits_per_dim"]) for r in log)
+
+
+def test_runs_saved_in_the_earlier_three_file_layout_still_resume(tmp_path, digits):
+    out = tmp_path / "run"
+    assert train_main(_args(out, digits, "--epochs", "1", "--ema-decay", "0.99")) == 0
+    saved = read_train_state(out)
+    # Rewrite the state as earlier versions did: optimizer tensors alone, meta and live weights beside.
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in saved.optimizer.items()}, str(out / STATE_TENSORS))
+    (out / LEGACY_STATE_JSON).write_text(json.dumps(saved.meta))
+    save_file(saved.live, str(out / LEGACY_LIVE_WEIGHTS))
+    legacy = read_train_state(out)
+    assert legacy.meta == saved.meta and legacy.weights is None
+    assert all(torch.equal(legacy.live[k], v) for k, v in saved.live.items())
+    assert train_main(_args(out, digits, "--epochs", "2", "--ema-decay", "0.99", "--resume")) == 0
+    assert read_train_state(out).meta["epoch"] == 2  # saved in the one-file layout now
+    assert not (out / LEGACY_STATE_JSON).exists() and not (out / LEGACY_LIVE_WEIGHTS).exists()
