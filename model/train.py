@@ -2,7 +2,7 @@
 
 Every epoch: test bits/dim, a sample grid PNG, a checkpoint, the training log (`training_log.json`) and
 its learning curve (`learning_curve.png`). `--max-minutes` stops cleanly mid-epoch with a resumable state
-(`--resume`), so long runs fit into short jobs. Seeded: the same seed and arguments give the same batches,
+(`--resume`), so long runs fit into short jobs; the served checkpoint stays the last evaluated one. Seeded: the same seed and arguments give the same batches,
 also across a resume. With `--ema-decay` the checkpoint holds Polyak (exponential moving average) weights,
 which evaluate better than the last iterate; the live weights stay in the training state. A non-finite
 loss stops the run with its step number and leaves the last good checkpoint untouched.
@@ -315,8 +315,19 @@ def train(args: argparse.Namespace) -> Path:
         }
 
     def checkpoint(test_bpd: float | None) -> None:
+        """The served checkpoint (weights + config with their test bits/dim) and the resumable state."""
         meta["train_seconds"] = train_seconds_before + time.monotonic() - started
         save_flow(served(), out, summary(test_bpd))
+        _save_train_state(out, optimizer, meta, served(), flow if ema is not None else None)
+
+    def pause() -> None:
+        """Stopping mid-epoch: the resumable state only. The served checkpoint stays the last evaluated
+        one, so its weights and its test bits/dim always belong together (before any epoch ends, the
+        unevaluated weights are written, which `--resume` needs for the architecture)."""
+        if not meta["history"]:
+            checkpoint(None)
+            return
+        meta["train_seconds"] = train_seconds_before + time.monotonic() - started
         _save_train_state(out, optimizer, meta, served(), flow if ema is not None else None)
 
     def end_of_epoch(epoch: int, train_bpd: float, lr: float) -> None:
@@ -404,7 +415,7 @@ def train(args: argparse.Namespace) -> Path:
         out_of_steps = args.max_steps and meta["global_step"] >= args.max_steps
         if meta["batch"] < batches_per_epoch:  # stopped mid-epoch: save and leave
             if ddp.is_main:
-                checkpoint(meta["history"][-1]["test_bits_per_dim"] if meta["history"] else None)
+                pause()
             log.info("stopped mid-epoch %d at batch %d (resume with --resume)", epoch + 1, meta["batch"])
             ddp.barrier()
             return out

@@ -185,3 +185,24 @@ def test_runs_saved_in_the_earlier_three_file_layout_still_resume(tmp_path, digi
     assert train_main(_args(out, digits, "--epochs", "2", "--ema-decay", "0.99", "--resume")) == 0
     assert read_train_state(out).meta["epoch"] == 2  # saved in the one-file layout now
     assert not (out / LEGACY_STATE_JSON).exists() and not (out / LEGACY_LIVE_WEIGHTS).exists()
+
+
+def test_a_mid_epoch_stop_keeps_the_evaluated_checkpoint_and_resumes_from_the_state(tmp_path, digits):
+    out = tmp_path / "run"
+    assert train_main(_args(out, digits, "--epochs", "1", "--ema-decay", "0.9")) == 0
+    evaluated = {name: (out / name).read_bytes() for name in ("model.safetensors", "config.json")}
+    assert (
+        train_main(_args(out, digits, "--epochs", "2", "--ema-decay", "0.9", "--max-steps", "7", "--resume"))
+        == 0
+    )
+    # Two more steps were taken, but the served weights and their bits/dim still belong to epoch 1.
+    assert {name: (out / name).read_bytes() for name in evaluated} == evaluated
+    saved = read_train_state(out)
+    assert (saved.meta["epoch"], saved.meta["batch"], saved.meta["global_step"]) == (1, 2, 7)
+    served = load_flow(out).state_dict()
+    assert any(not torch.equal(served[k], v) for k, v in saved.weights.items())
+    assert train_main(_args(out, digits, "--epochs", "2", "--ema-decay", "0.9", "--resume")) == 0
+    assert (
+        read_train_state(out).meta["global_step"] == 10
+        and (out / "model.safetensors").read_bytes() != (evaluated["model.safetensors"])
+    )
