@@ -216,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         if dataset and args.real_images:
             from .data import load_dataset
 
-            real = load_dataset(dataset).test[: args.real_images]
+            try:
+                real = load_dataset(dataset).test[: args.real_images]
+            except (ValueError, OSError) as exc:  # a custom dataset recorded by name only, or absent here
+                log.warning("%s: real-image check skipped, dataset %r not loadable: %s", ckpt, dataset, exc)
         manifest = export_checkpoint(ckpt, args.out, real)
         print(json.dumps({k: manifest[k] for k in ("checkpoint", "architecture", "passes")}, indent=2))
     return 0

@@ -1,11 +1,28 @@
 #!/usr/bin/env bash
 # Turn a training run into a shipped checkpoint folder: weights, config, training log and curve, the last
 # sample grid, ONNX graphs and the model card; no optimizer state or per-epoch grids (the repo stays small).
-#   bash scripts/ship_checkpoint.sh runs/finc-mnist checkpoints/finc-mnist [--speed benchmarks/results/X.json]
+#   bash scripts/ship_checkpoint.sh runs/finc-mnist checkpoints/finc-mnist [--no-onnx] [model.card options]
+# --no-onnx: a snapshot to continue from (training/), not served: no ONNX graphs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:?training run folder}; dest=${2:?checkpoint folder to write}; shift 2
+onnx=1
+if [ "${1:-}" = "--no-onnx" ]; then onnx=0; shift; fi
 PY=${PYTHON:-.venv/bin/python}
+# The served weights must be the evaluated ones: the config's step is the last logged epoch's.
+"$PY" - "$run" <<'PYCODE'
+import json, sys
+from pathlib import Path
+run = Path(sys.argv[1])
+steps = json.loads((run / "config.json").read_text())["training"]["steps"]
+log = run / "training_log.json"
+if not log.is_file() or not json.loads(log.read_text())["epochs"]:
+    sys.exit(f"{run}: no epoch has been evaluated yet")
+logged = json.loads(log.read_text())["epochs"][-1]["step"]
+if steps != logged:
+    sys.exit(f"{run}: its weights are from step {steps}, its last evaluation from step {logged}: "
+             "ship after the next epoch ends")
+PYCODE
 mkdir -p "$dest"
 rm -rf "$dest/onnx"
 for f in config.json model.safetensors training_log.json learning_curve.png; do
@@ -13,8 +30,10 @@ for f in config.json model.safetensors training_log.json learning_curve.png; do
 done
 last=$(ls "$run"/samples_epoch*.png | sort | tail -n 1)
 cp "$last" "$dest/samples.png"
-log=$(mktemp)
-"$PY" -m model.export "$dest" >"$log" 2>&1 || { cat "$log"; exit 1; }
-rm -f "$log"
+if [ "$onnx" = 1 ]; then
+  log=$(mktemp)
+  "$PY" -m model.export "$dest" >"$log" 2>&1 || { cat "$log"; exit 1; }
+  rm -f "$log"
+fi
 "$PY" -m model.card "$dest" "$@"
 du -sh "$dest"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import signal
 import subprocess
@@ -206,3 +207,25 @@ def test_a_mid_epoch_stop_keeps_the_evaluated_checkpoint_and_resumes_from_the_st
         read_train_state(out).meta["global_step"] == 10
         and (out / "model.safetensors").read_bytes() != (evaluated["model.safetensors"])
     )
+
+
+def test_ship_checkpoint_script_ships_only_evaluated_weights(tmp_path, digits):
+    run = tmp_path / "run"
+    assert train_main(_args(run, digits, "--epochs", "1")) == 0
+    ship = ROOT / "scripts" / "ship_checkpoint.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    shipped = tmp_path / "shipped"
+    done = subprocess.run(["bash", ship, run, shipped], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    names = {p.name for p in shipped.iterdir()}
+    assert {"config.json", "model.safetensors", "samples.png", "README.md", "onnx"} <= names
+    assert not any(name.startswith("train_state") for name in names)
+    assert load_flow(shipped).num_parameters() == load_flow(run).num_parameters()
+    snapshot = tmp_path / "snapshot"
+    done = subprocess.run(["bash", ship, run, snapshot, "--no-onnx"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and not (snapshot / "onnx").exists(), done.stderr
+    config = json.loads((run / "config.json").read_text())
+    config["training"]["steps"] += 1  # weights newer than their evaluation (a run of an older version)
+    (run / "config.json").write_text(json.dumps(config))
+    done = subprocess.run(["bash", ship, run, tmp_path / "x"], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "ship after the next epoch ends" in done.stderr
