@@ -2,10 +2,12 @@
 
 Every epoch: test bits/dim, a sample grid PNG, a checkpoint, the training log (`training_log.json`) and
 its learning curve (`learning_curve.png`). `--max-minutes` stops cleanly mid-epoch with a resumable state
-(`--resume`), so long runs fit into short jobs; the served checkpoint stays the last evaluated one. Seeded: the same seed and arguments give the same batches,
-also across a resume. With `--ema-decay` the checkpoint holds Polyak (exponential moving average) weights,
-which evaluate better than the last iterate; the live weights stay in the training state. A non-finite
-loss stops the run with its step number and leaves the last good checkpoint untouched.
+(`--resume`), so long runs fit into short jobs; the served checkpoint stays the last evaluated one. The
+resumable state is one file renamed into place, so a run killed at any moment resumes from a whole state.
+Seeded: the same seed and arguments give the same batches, also across a resume. With `--ema-decay` the
+checkpoint holds Polyak (exponential moving average) weights, which evaluate better than the last
+iterate; the live weights stay in the training state. A non-finite loss stops the run with its step
+number and leaves the last good checkpoint untouched.
 `torchrun --nproc-per-node N -m model.train ...` trains with DistributedDataParallel (model/distributed.py):
 `--batch-size` is the global batch and `--lr` its learning rate whatever N; rank 0 writes everything.
 """
