@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .checkpoint import load_flow, read_config, save_flow
+from .checkpoint import CONFIG_FILE, load_flow, read_config, save_flow
 from .config import FlowConfig
 from .curves import plot_learning_curve, read_training_log, write_training_log
 from .data import ImageData, load_dataset
@@ -324,9 +324,10 @@ def train(args: argparse.Namespace) -> Path:
 
     def pause() -> None:
         """Stopping mid-epoch: the resumable state only. The served checkpoint stays the last evaluated
-        one, so its weights and its test bits/dim always belong together (before any epoch ends, the
-        unevaluated weights are written, which `--resume` needs for the architecture)."""
-        if not meta["history"]:
+        one, so its weights and its test bits/dim always belong together. A folder with no checkpoint yet
+        (before its first epoch ends, or continuing `--init-from` another folder) gets the unevaluated
+        weights: `--resume` needs the architecture."""
+        if not meta["history"] or not (out / CONFIG_FILE).is_file():
             checkpoint(None)
             return
         meta["train_seconds"] = train_seconds_before + time.monotonic() - started

@@ -229,3 +229,14 @@ def test_ship_checkpoint_script_ships_only_evaluated_weights(tmp_path, digits):
     (run / "config.json").write_text(json.dumps(config))
     done = subprocess.run(["bash", ship, run, tmp_path / "x"], env=env, capture_output=True, text=True)
     assert done.returncode != 0 and "ship after the next epoch ends" in done.stderr
+
+
+def test_a_continuation_stopped_in_its_first_epoch_resumes(tmp_path, digits):
+    """`--init-from A --out B --max-minutes ...` stopping before B's first epoch ends leaves B resumable."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert train_main(_args(first, digits, "--epochs", "1")) == 0
+    more = ("--epochs", "2", "--init-from", str(first))
+    assert train_main(_args(second, digits, *more, "--max-steps", "7")) == 0
+    assert read_train_state(second).meta["global_step"] == 7 and (second / "config.json").is_file()
+    assert train_main(_args(second, digits, *more, "--resume")) == 0
+    assert [r["epoch"] for r in read_training_log(second)] == [1, 2]
