@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import re
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -30,6 +31,13 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> floa
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for a server a benchmark starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:

@@ -35,7 +35,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,18 +50,12 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import print_table, write_results
+from benchmarks.common import free_port, print_table, write_results
 from model.data import load_mnist
 from model.images import encode_png
 from service.model_api import ServedModel, resolve_threads
 
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cpu_s(pid: int | None, main_thread: bool = False) -> float:
@@ -302,7 +295,7 @@ class RawModel:
 
 
 def _start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     root = Path(args.server_root or ROOT)
     command = [args.server_python or sys.executable, "-m", "service", "--port", str(port)]
     command += ["--models", args.models, "--backend", args.backend, "--log-level", "warning"]

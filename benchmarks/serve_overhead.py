@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,15 +29,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import print_table, write_results
+from benchmarks.common import free_port, print_table, write_results
 from model.data import load_mnist
 from model.images import encode_png
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(url: str, timeout: float = 300) -> None:
@@ -56,7 +49,7 @@ def _wait_ready(url: str, timeout: float = 300) -> None:
 @contextmanager
 def plain_server(settings: dict[str, Any]) -> Iterator[str]:
     """`python -m service` on a free local port with `settings` as command-line options."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"]
     for key, value in settings.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
@@ -84,7 +77,7 @@ def local_serve(
     temp_dir = tempfile.mkdtemp(prefix="rb", dir="/tmp")
     ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=100 * 2**20, _temp_dir=temp_dir)
     try:
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deployment = FlowService.options(
             num_replicas=replicas, ray_actor_options={"num_cpus": cpus / replicas}

@@ -6,7 +6,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from .schemas import HARD_MAX_IMAGES, Base64Image, JsonInt, ModelName, PixelArray, Seed, Timings
+from .schemas import (
+    HARD_MAX_IMAGES,
+    Base64Image,
+    JsonInt,
+    ModelName,
+    PixelArray,
+    Seed,
+    Temperature,
+    Timings,
+)
 
 __all__ = [
     "DecodeRequest",
@@ -28,7 +37,6 @@ LatentLevel = (
     | list[list[list[list[LatentValue]]]]
     | list[list[list[LatentValue]]]
 )
-Temperature = Annotated[float, Field(strict=True, ge=0.0, le=2.0)]
 
 # Examples that work on the shipped MNIST models (Swagger's "Try it out", and the fuzz test's valid cases):
 # a blank 28×28 PNG, and all-zero latents (levels (2, 14, 14) and (8, 7, 7): the temperature-0 sample).

@@ -46,6 +46,7 @@ Pixel = Annotated[int, Field(strict=True, ge=0, le=255)]  # strict: a Python cal
 Base64Image = Annotated[str, StringConstraints(min_length=1, max_length=MAX_IMAGE_CHARS)]
 PixelArray = list[list[Pixel]] | list[list[list[Pixel]]]  # (H, W), (C, H, W) or (H, W, C)
 ModelName = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
+Temperature = Annotated[float, Field(strict=True, ge=0.0, le=2.0)]  # scale of the latent noise
 
 
 class ErrorDetail(BaseModel):
@@ -91,7 +92,7 @@ class SampleRequest(BaseModel):
         None, description="model name (GET /models); default (or empty): the server's default"
     )
     num_samples: JsonInt = Field(16, ge=1, le=HARD_MAX_IMAGES, description="images to generate")
-    temperature: float = Field(1.0, strict=True, ge=0.0, le=2.0, description="scale of the latent noise")
+    temperature: Temperature = Field(1.0, description="scale of the latent noise")
     seed: Seed | None = Field(
         None,
         description="seed of this request's noise; drawn and returned when absent",

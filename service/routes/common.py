@@ -1,8 +1,9 @@
-"""Helpers shared by the inference routes: disconnect-aware waiting, sample limits and raw image responses."""
+"""Helpers shared by the inference routes: disconnect-aware waiting, request limits, timings and responses."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -12,8 +13,10 @@ from pydantic import BaseModel
 
 from model.images import encode_png, image_grid
 
+from ..batching import BatchResult
 from ..errors import ServiceError, TooManyImages
 from ..latentio import npy_bytes
+from ..schemas import Timings
 from ..settings import Settings
 
 T = TypeVar("T")
@@ -52,6 +55,22 @@ def json_response(body: BaseModel, headers: dict[str, str] | None = None) -> Res
     """A response model serialised once, by pydantic-core: FastAPI's `response_model` path would dump,
     re-validate and dump it again (the route's `response_model` still documents it in OpenAPI)."""
     return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+
+
+def timings(started: float, results: list[BatchResult]) -> Timings:
+    """A request's timings since `started` (perf_counter); a request that went through several batchers
+    in turn adds up their queue and inference times."""
+    return Timings(
+        queue_ms=round(sum(r.queue_s for r in results) * 1e3, 3),
+        inference_ms=round(sum(r.inference_s for r in results) * 1e3, 3),
+        total_ms=round((time.perf_counter() - started) * 1e3, 3),
+    )
+
+
+def check_image_count(n: int, limit: int) -> None:
+    """Refuse more uploaded images per request than the server allows."""
+    if n > limit:
+        raise TooManyImages(f"{n} images exceed this server's limit of {limit} per request")
 
 
 def check_sample_count(n: int, what: str, settings: Settings) -> None:

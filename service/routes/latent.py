@@ -11,7 +11,6 @@ from fastapi import APIRouter, Request, Response
 from model.interpolation import interpolate_latents
 
 from ..batching import BatchResult
-from ..errors import TooManyImages
 from ..imageio import images_to_tensor
 from ..latent_schemas import (
     DecodeRequest,
@@ -24,9 +23,16 @@ from ..latent_schemas import (
 )
 from ..latentio import images_payload, latents_payload, latents_to_tensors
 from ..registry import ServedEntry
-from ..schemas import Timings, error_responses
+from ..schemas import error_responses
 from ..state import AppState, Authorized, ReadyState
-from .common import check_sample_count, json_response, raw_images_response, until_disconnect
+from .common import (
+    check_image_count,
+    check_sample_count,
+    json_response,
+    raw_images_response,
+    timings,
+    until_disconnect,
+)
 
 router = APIRouter(tags=["latent space"])
 
@@ -41,15 +47,6 @@ _IMAGE_RESPONSES = {
     },
     **_ERRORS,
 }
-
-
-def _timings(started: float, results: list[BatchResult]) -> Timings:
-    """A request that went through several batchers in turn: their queue and inference times add up."""
-    return Timings(
-        queue_ms=round(sum(r.queue_s for r in results) * 1e3, 3),
-        inference_ms=round(sum(r.inference_s for r in results) * 1e3, 3),
-        total_ms=round((time.perf_counter() - started) * 1e3, 3),
-    )
 
 
 def _raw_response(request: Request, images: torch.Tensor, model: str) -> Response | None:
@@ -89,11 +86,7 @@ async def encode(body: EncodeRequest, request: Request, state: ReadyState, _: Au
     images back; with `dequantization: hashed`, log N(z) + log_det is /logprob's value (K = 1)."""
     started = time.perf_counter()
     settings = state.settings
-    if len(body.images) > settings.max_images_per_request:
-        raise TooManyImages(
-            f"{len(body.images)} images exceed this server's limit of {settings.max_images_per_request} "
-            "per request"
-        )
+    check_image_count(len(body.images), settings.max_images_per_request)
     entry = state.registry.get(body.model)
     labels = [f"images[{i}]" for i in range(len(body.images))]
     images = images_to_tensor(body.images, entry.model.image_shape, labels)
@@ -113,7 +106,7 @@ async def encode(body: EncodeRequest, request: Request, state: ReadyState, _: Au
             latents=latents_payload(latents, body.format),
             log_det=log_det.tolist(),
             log_prob=log_prob.tolist(),
-            timings=_timings(started, [result]),
+            timings=timings(started, [result]),
         )
     )
 
@@ -129,7 +122,7 @@ async def decode(body: DecodeRequest, request: Request, state: ReadyState, _: Au
     result = await _decode(request, state, entry, latents)
     request.state.log.update(model=entry.model.name, images=n)
     return _images_response(
-        DecodeResponse, request, entry, result.output, body.format, timings=_timings(started, [result])
+        DecodeResponse, request, entry, result.output, body.format, timings=timings(started, [result])
     )
 
 
@@ -179,5 +172,5 @@ async def interpolate(body: InterpolateRequest, request: Request, state: ReadySt
         steps=body.steps,
         method=body.method,
         t=t,
-        timings=_timings(started, results),
+        timings=timings(started, results),
     )

@@ -10,18 +10,17 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from ..errors import BadRequest, ServiceError, TooManyImages
+from ..errors import BadRequest, ServiceError
 from ..imageio import images_to_tensor
 from ..schemas import (
     MAX_DEQUANTIZATION_SAMPLES,
     ImageScore,
     LogProbRequest,
     LogProbResponse,
-    Timings,
     error_responses,
 )
 from ..state import Authorized, ReadyState
-from .common import json_response, until_disconnect
+from .common import check_image_count, json_response, timings, until_disconnect
 
 router = APIRouter(tags=["inference"])
 
@@ -65,10 +64,7 @@ async def _read_json(request: Request, max_images: int) -> tuple[str | None, lis
         body = LogProbRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
-    if len(body.images) > max_images:
-        raise TooManyImages(
-            f"{len(body.images)} images exceed this server's limit of {max_images} per request"
-        )
+    check_image_count(len(body.images), max_images)
     labels = [f"images[{i}]" for i in range(len(body.images))]
     return body.model, body.images, labels, body.dequantization_samples
 
@@ -100,8 +96,7 @@ async def _read_multipart(request: Request, max_images: int) -> tuple[str | None
     uploads = [(key, v) for key, v in form.multi_items() if isinstance(v, UploadFile)]
     if not uploads:
         raise BadRequest("multipart body has no files (send them as the field 'files')")
-    if len(uploads) > max_images:
-        raise TooManyImages(f"{len(uploads)} images exceed this server's limit of {max_images} per request")
+    check_image_count(len(uploads), max_images)
     model = form.get("model")
     items = [await up.read() for _, up in uploads]
     labels = [f"file {i} ({up.filename or key})" for i, (key, up) in enumerate(uploads)]
@@ -149,10 +144,6 @@ async def logprob(request: Request, state: ReadyState, _: Authorized) -> Respons
                 ImageScore(log_prob=lp, bits_per_dim=b)
                 for lp, b in zip(log_prob.tolist(), bpd.tolist(), strict=True)
             ],
-            timings=Timings(
-                queue_ms=round(result.queue_s * 1e3, 3),
-                inference_ms=round(result.inference_s * 1e3, 3),
-                total_ms=round((time.perf_counter() - started) * 1e3, 3),
-            ),
+            timings=timings(started, [result]),
         )
     )

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 import secrets
 import time
 
 from fastapi import APIRouter, Request
 
-from model.images import encode_png, image_grid
-
-from ..latentio import npy_base64
-from ..schemas import MAX_SEED, SampleRequest, SampleResponse, Timings, error_responses
+from ..latentio import images_payload
+from ..schemas import MAX_SEED, SampleRequest, SampleResponse, error_responses
 from ..state import Authorized, ReadyState
-from .common import check_sample_count, json_response, raw_images_response, until_disconnect
+from .common import check_sample_count, json_response, raw_images_response, timings, until_disconnect
 
 router = APIRouter(tags=["inference"])
 
@@ -43,28 +40,19 @@ async def sample(body: SampleRequest, request: Request, state: ReadyState, _: Au
     images = result.output
     state.metrics.images_generated.labels(model=entry.model.name).inc(body.num_samples)
     request.state.log.update(model=entry.model.name, images=body.num_samples, seed=seed)
-    timings = Timings(
-        queue_ms=round(result.queue_s * 1e3, 3),
-        inference_ms=round(result.inference_s * 1e3, 3),
-        total_ms=round((time.perf_counter() - started) * 1e3, 3),
-    )
     headers = {"X-Model": entry.model.name, "X-Seed": str(seed), "X-Num-Samples": str(body.num_samples)}
     raw = raw_images_response(request, images, headers)
     if raw is not None:
         return raw
-    response = SampleResponse(
-        model=entry.model.name,
-        seed=seed,
-        temperature=body.temperature,
-        num_samples=body.num_samples,
-        image_shape=list(entry.model.image_shape),
-        format=body.format,
-        timings=timings,
+    return json_response(
+        SampleResponse(
+            model=entry.model.name,
+            seed=seed,
+            temperature=body.temperature,
+            num_samples=body.num_samples,
+            image_shape=list(entry.model.image_shape),
+            format=body.format,
+            timings=timings(started, [result]),
+            **images_payload(images, body.format),
+        )
     )
-    if body.format == "png":
-        response.images = [base64.b64encode(encode_png(im)).decode() for im in images]
-    elif body.format == "grid_png":
-        response.grid = base64.b64encode(encode_png(image_grid(images))).decode()
-    else:
-        response.npy = npy_base64(images.numpy())
-    return json_response(response)
