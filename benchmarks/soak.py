@@ -28,14 +28,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import numpy as np
+import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import print_table, write_results
-from benchmarks.load import _start_server
+from benchmarks.load import _multipart, _start_server
 from model.data import load_mnist
 from model.images import encode_png
 
@@ -49,50 +50,47 @@ def _rss_mb(pid: int | None) -> float:
     return float("nan")
 
 
+JSON = "application/json"
+BAD = [
+    ("/sample", b'{"num_samples": 2', JSON),
+    ("/sample", b'{"num_samples": 0}', JSON),
+    ("/sample", b'{"num_samples": true}', JSON),
+    ("/sample", b'{"seed": "7"}', JSON),
+    ("/sample", b'{"model": "nope"}', JSON),
+    ("/logprob", b'{"images": []}', JSON),
+    ("/logprob", b'{"images": [""]}', JSON),
+    ("/logprob", b'{"images": ["@@@"]}', JSON),
+    ("/logprob", b"abc", "text/plain"),
+]
+
+
 class Traffic:
-    """Draws requests: (kind, method kwargs, how to check a 200)."""
+    """Draws requests, bodies built here so that sending costs the client little: (kind, path, body,
+    content type, how many images a 200 must carry)."""
 
     def __init__(self, model: str, digits: list[bytes], seed: int = 0):
         self.model, self.digits, self.rng = model, digits, random.Random(seed)
+        self.bad = [*BAD, ("/logprob", *_multipart([b"not an image"], model))]
 
-    def next(self) -> tuple[str, dict[str, Any], int]:
+    def next(self) -> tuple[str, str, bytes, str, int]:
         r, rng = self.rng.random(), self.rng
         n = rng.randint(1, 8)
         picks = [self.digits[rng.randrange(len(self.digits))] for _ in range(n)]
         if r < 0.45:
             fmt = rng.choice(["png", "npy"])
             body = {"model": self.model, "num_samples": n, "format": fmt, "seed": rng.randrange(2**31)}
-            return "sample", {"url": "/sample", "json": body}, n
+            return "sample", "/sample", json.dumps(body).encode(), JSON, n
         if r < 0.70:
-            files = [("files", (f"{i}.png", d, "image/png")) for i, d in enumerate(picks)]
-            return "logprob_multipart", {"url": "/logprob", "files": files}, n
+            return "logprob_multipart", "/logprob", *_multipart(picks, self.model), n
         if r < 0.90:
             images = [base64.b64encode(d).decode() for d in picks]
-            return "logprob_json", {"url": "/logprob", "json": {"images": images}}, n
-        bad = rng.choice(
-            [
-                {
-                    "url": "/sample",
-                    "content": b'{"num_samples": 2',
-                    "headers": {"content-type": "application/json"},
-                },
-                {"url": "/sample", "json": {"num_samples": 0}},
-                {"url": "/sample", "json": {"num_samples": True}},
-                {"url": "/sample", "json": {"seed": "7"}},
-                {"url": "/sample", "json": {"model": "nope"}},
-                {"url": "/logprob", "json": {"images": []}},
-                {"url": "/logprob", "json": {"images": [""]}},
-                {"url": "/logprob", "json": {"images": ["@@@"]}},
-                {"url": "/logprob", "files": [("files", ("x.png", b"not an image", "image/png"))]},
-                {"url": "/logprob", "content": b"abc", "headers": {"content-type": "text/plain"}},
-            ]
-        )
-        return "bad", bad, 0
+            return "logprob_json", "/logprob", json.dumps({"images": images}).encode(), JSON, n
+        path, body, content_type = rng.choice(self.bad)
+        return "bad", path, body, content_type, 0
 
 
-def _complete(kind: str, response: httpx.Response, n: int) -> bool:
+def _complete(kind: str, body: dict[str, Any], n: int) -> bool:
     """Whether a 200 carries the whole answer."""
-    body = response.json()
     if kind == "sample":
         if body["format"] == "npy":
             return np.load(io.BytesIO(base64.b64decode(body["npy"]))).shape[0] == n
@@ -102,15 +100,22 @@ def _complete(kind: str, response: httpx.Response, n: int) -> bool:
     return len(body["results"]) == n and all(np.isfinite(r["log_prob"]) for r in body["results"])
 
 
-async def _peak_rate(client: httpx.AsyncClient, traffic: Traffic, seconds: float) -> float:
+async def _post(
+    session: aiohttp.ClientSession, path: str, body: bytes, content_type: str
+) -> tuple[int, bytes]:
+    async with session.post(path, data=body, headers={"content-type": content_type}) as response:
+        return response.status, await response.read()
+
+
+async def _peak_rate(session: aiohttp.ClientSession, traffic: Traffic, seconds: float) -> float:
     deadline, done = time.perf_counter() + seconds, 0
 
     async def worker() -> None:
         nonlocal done
         while time.perf_counter() < deadline:
-            kind, kwargs, _ = traffic.next()
+            kind, path, body, content_type, _ = traffic.next()
             if kind != "bad":
-                await client.post(**kwargs)
+                await _post(session, path, body, content_type)
                 done += 1
 
     started = time.perf_counter()
@@ -123,11 +128,10 @@ async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict[str,
     traffic = Traffic(args.model, digits)
     # Idle connections expire before uvicorn's 5 s keep-alive timeout closes them: otherwise a request
     # sent on a connection the server is closing at that instant fails (a client/server race, not a bug).
-    limits = httpx.Limits(
-        max_connections=args.max_in_flight, max_keepalive_connections=args.max_in_flight, keepalive_expiry=2.0
-    )
-    async with httpx.AsyncClient(base_url=url, timeout=args.timeout_s, limits=limits) as client:
-        peak = await _peak_rate(client, traffic, args.peak_seconds)
+    connector = aiohttp.TCPConnector(limit=args.max_in_flight, keepalive_timeout=2.0)
+    timeout = aiohttp.ClientTimeout(total=args.timeout_s)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+        peak = await _peak_rate(session, traffic, args.peak_seconds)
         rate = args.overload * peak
         statuses: Counter[str] = Counter()
         problems: Counter[str] = Counter()
@@ -135,20 +139,19 @@ async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict[str,
         rss: list[tuple[float, float]] = []
         in_flight = asyncio.Semaphore(args.max_in_flight)
 
-        async def one(kind: str, kwargs: dict[str, Any], n: int) -> None:
+        async def one(kind: str, path: str, body: bytes, content_type: str, n: int) -> None:
             try:
                 started = time.perf_counter()
-                response = await client.post(**kwargs)
+                status, answer = await _post(session, path, body, content_type)
                 latencies.append(time.perf_counter() - started)
-                status = response.status_code
                 statuses[f"{kind} {status}"] += 1
                 if not (status == 200 or 400 <= status < 500 or status == 503):
                     problems[f"status {status}"] += 1
                 elif kind == "bad" and status == 200:
                     problems["bad request accepted"] += 1
-                elif status == 200 and not _complete(kind, response, n):
+                elif status == 200 and not _complete(kind, json.loads(answer), n):
                     problems["incomplete answer"] += 1
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
                 problems[f"client error {type(exc).__name__}"] += 1
             finally:
                 in_flight.release()
@@ -178,8 +181,8 @@ async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict[str,
         stopped = time.perf_counter()
         rss.append((stopped - started, _rss_mb(pid)))
         while True:  # ready again: a fresh request answered 200
-            r = await client.post("/sample", json={"num_samples": 1, "format": "npy"})
-            if r.status_code == 200 or time.perf_counter() - stopped > 30:
+            status, _ = await _post(session, "/sample", b'{"num_samples": 1, "format": "npy"}', JSON)
+            if status == 200 or time.perf_counter() - stopped > 30:
                 break
             await asyncio.sleep(0.01)
         recovery_s = time.perf_counter() - stopped
@@ -245,7 +248,7 @@ def main() -> None:
         )
         server, url = _start_server(options)
     try:
-        result = asyncio.run(soak(url, server.pid if server else args.pid, args))
+        result = uvloop.run(soak(url, server.pid if server else args.pid, args))
     finally:
         if server is not None:
             server.terminate()
