@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import median_seconds, write_results
 from model import load_flow, read_config
 from model.data import load_dataset
+from model.malloc import tune_malloc
 
 # Published MNIST test bits/dim (uniform dequantisation) and model sizes, for the table's last column.
 PUBLISHED = {
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 10")
     args = parser.parse_args()
     device = torch.device(args.device)
+    tune_malloc()  # as the service and training run
     checkpoints = sorted(p for p in Path(args.models).iterdir() if (p / "config.json").is_file())
     rows = []
     for checkpoint in checkpoints:

@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import free_port, print_table, write_results
 from model.data import load_mnist
 from model.images import encode_png
+from model.malloc import tune_malloc
 from service.model_api import ServedModel, resolve_threads
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -290,7 +291,8 @@ class RawModel:
     def __init__(self, args: argparse.Namespace, backends: dict[str, str]):
         onnx = any(b.startswith("onnxruntime") for b in backends.values())
         path = Path(args.models) / args.model
-        # The server's thread count (resolved the same way), so the reference is the same computation.
+        # The server's thread count (resolved the same way) and malloc settings: the same computation.
+        tune_malloc()
         self.threads = resolve_threads(args.torch_threads, torch.device("cpu"))
         if self.threads:
             torch.set_num_threads(self.threads)

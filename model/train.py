@@ -41,6 +41,7 @@ from .distributed import close_distributed, setup_distributed
 from .flow import MultiScaleFlow, build_flow
 from .images import save_grid
 from .layers import ActNorm, dequantize
+from .malloc import tune_malloc
 
 __all__ = [
     "TrainState",
@@ -479,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    tune_malloc()  # every step frees and reallocates the same activations
     try:
         out = train(args)
     except TrainingError as exc:

@@ -25,6 +25,7 @@ _OPTIONS = {
     "backend": str,
     "max_batch_images": int,
     "max_wait_ms": float,
+    "inline_max_ms": float,
     "max_queue_images": int,
     "overload_status": int,
     "request_timeout_s": float,

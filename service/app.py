@@ -6,12 +6,14 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
 
+from model.malloc import tune_malloc
+
+from .batching import InferenceThread
 from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
@@ -36,16 +38,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: AppState = app.state.flows
     settings = state.settings
     device = resolve_device(settings.device)
+    tune_malloc()  # every batch frees and reallocates the same tensors: keep the memory, skip page faults
     threads = resolve_threads(settings.torch_threads, device)
     if threads:
         torch.set_num_threads(threads)
     loop = asyncio.get_running_loop()
+    executor = state.inference.executor
     registry = await loop.run_in_executor(
-        state.executor, ModelRegistry.load, settings, device, state.executor, state.metrics, threads
+        executor, ModelRegistry.load, settings, device, state.inference, state.metrics, threads
     )
     if settings.warmup:
         for entry in registry.entries.values():
-            await loop.run_in_executor(state.executor, entry.model.warm_up, _warmup_sizes(settings))
+            await loop.run_in_executor(executor, entry.model.warm_up, _warmup_sizes(settings))
     for batcher in registry.batchers():
         batcher.start()
     # Start-up objects (models, modules, schemas) move out of the collector's generations, so the
@@ -65,7 +69,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         state.ready = False
         await asyncio.gather(*(b.close() for b in registry.batchers()))
-        state.executor.shutdown(wait=True)
+        state.inference.shutdown()
         log.info("drained and stopped")
 
 
@@ -80,14 +84,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     # One inference thread per process: batches run one at a time and use all torch threads.
-    app.state.flows = AppState(settings, metrics_, ThreadPoolExecutor(1, thread_name_prefix="inference"))
+    inference = InferenceThread(inline_max_s=settings.inline_max_ms / 1000)
+    app.state.flows = AppState(settings, metrics_, inference)
     install_error_handlers(app)
     for router in (health.router, metrics.router, models.router, sample.router, logprob.router):
         app.include_router(router)
     app.include_router(latent.router)
     app.include_router(playground.router)
     playground.mount_static(app)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics_, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics_,
+        max_body_bytes=settings.max_body_bytes,
+        inference=inference,
+    )
     default_openapi = app.openapi
 
     def openapi() -> dict:

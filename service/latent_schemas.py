@@ -96,9 +96,7 @@ class DecodeRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [
-                {"model": "finc-mnist", "latents": ZERO_MNIST_LATENTS, "format": "png"}
-            ]
+            "examples": [{"model": "finc-mnist", "latents": ZERO_MNIST_LATENTS, "format": "png"}]
         },
     )
 

@@ -52,6 +52,12 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        self.inline_batches = Counter(
+            "flows_inline_batches",
+            "batches run on the event loop (nothing else to do) instead of the inference thread",
+            ["model", "op"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "flows_queue_images", "images waiting in the queue", ["model", "op"], registry=r
         )

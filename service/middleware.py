@@ -10,6 +10,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .batching import InferenceThread
 from .errors import error_body
 from .metrics import Metrics
 
@@ -59,8 +60,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, inference: InferenceThread):
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+        self.inference = inference  # counts the requests in flight: a batch runs inline only when alone
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,27 +88,11 @@ class RequestContextMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
-        if length is not None and length.isdigit():
-            if int(length) > self.max_body_bytes:
-                await self._reject_too_large(send_with_id, request_id)
-            else:  # the server enforces Content-Length framing
-                await self.app(scope, receive, send_with_id)
-        else:  # chunked or unknown length: read up to the limit, then replay
-            body, more = [], True
-            size = 0
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    break
-                size += len(message.get("body", b""))
-                if size > self.max_body_bytes:
-                    break
-                body.append(message.get("body", b""))
-                more = message.get("more_body", False)
-            if size > self.max_body_bytes:
-                await self._reject_too_large(send_with_id, request_id)
-            else:
-                await self.app(scope, _replay(b"".join(body), receive), send_with_id)
+        self.inference.requests_in_flight += 1
+        try:
+            await self._forward(scope, receive, send_with_id, length, request_id)
+        finally:
+            self.inference.requests_in_flight -= 1
         elapsed = time.perf_counter() - started
         endpoint = endpoint_label(scope["path"])
         self.metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
@@ -123,6 +109,31 @@ class RequestContextMiddleware:
             **scope["state"]["log"],
         }
         log.info(json.dumps(record, separators=(",", ":")))
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, length: str | None, request_id: str
+    ) -> None:
+        """Pass the request on, or answer 413 when its body is over the limit."""
+        if length is not None and length.isdigit():
+            if int(length) > self.max_body_bytes:
+                await self._reject_too_large(send, request_id)
+            else:  # the server enforces Content-Length framing
+                await self.app(scope, receive, send)
+            return
+        body, more, size = [], True, 0  # chunked or unknown length: read up to the limit, then replay
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                break
+            body.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        if size > self.max_body_bytes:
+            await self._reject_too_large(send, request_id)
+        else:
+            await self.app(scope, _replay(b"".join(body), receive), send)
 
     async def _reject_too_large(self, send: Send, request_id: str) -> None:
         body = json.dumps(

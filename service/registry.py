@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .batching import Batcher
+from .batching import Batcher, InferenceThread
 from .errors import UnknownModel
 from .metrics import Metrics
 from .model_api import ServedModel, prepare_kernels
@@ -38,7 +37,7 @@ class ModelRegistry:
 
     @classmethod
     def load(
-        cls, settings: Settings, device, executor: Executor, metrics: Metrics, threads: int = 0
+        cls, settings: Settings, device, inference: InferenceThread, metrics: Metrics, threads: int = 0
     ) -> ModelRegistry:
         """`threads`: onnxruntime's intra-op threads (0: its default), as resolved for torch."""
         dirs = checkpoint_dirs(settings.models)
@@ -57,10 +56,12 @@ class ModelRegistry:
             )
             entries[model.name] = ServedEntry(
                 model,
-                Batcher(model.name, "sample", model.decode, executor, metrics, **common),
-                Batcher(model.name, "logprob", lambda xs, m=model: m.score(*xs), executor, metrics, **common),
+                Batcher(model.name, "sample", model.decode, inference, metrics, **common),
                 Batcher(
-                    model.name, "encode", lambda xs, m=model: m.encode(*xs), executor, metrics, **common
+                    model.name, "logprob", lambda xs, m=model: m.score(*xs), inference, metrics, **common
+                ),
+                Batcher(
+                    model.name, "encode", lambda xs, m=model: m.encode(*xs), inference, metrics, **common
                 ),
             )
             log.info(

@@ -34,6 +34,13 @@ class Settings(BaseSettings):
         description="0: continuous batching (an idle model starts at once); >0: an idle model waits up to "
         "this long for a fuller batch",
     )
+    inline_max_ms: float = Field(
+        25.0,
+        ge=0,
+        le=1000,
+        description="a batch predicted to take at most this long runs on the event loop when the server "
+        "has no other request in flight (saves two thread hand-offs); 0: always on the inference thread",
+    )
     max_queue_images: int = Field(1024, ge=1, description="queued images per (model, operation) before 503")
     overload_status: Literal[429, 503] = 503
     retry_after_s: int = Field(1, ge=0)

@@ -6,12 +6,12 @@ The dependencies are `async def`: FastAPI runs sync dependencies on the thread p
 from __future__ import annotations
 
 import secrets
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from .batching import InferenceThread
 from .errors import NotReady, Unauthorized
 from .metrics import Metrics
 from .registry import ModelRegistry
@@ -24,7 +24,7 @@ __all__ = ["AppState", "Authorized", "ReadyState", "State", "get_state"]
 class AppState:
     settings: Settings
     metrics: Metrics
-    executor: ThreadPoolExecutor
+    inference: InferenceThread
     registry: ModelRegistry | None = None
     ready: bool = False
     extra: dict = field(default_factory=dict)

@@ -1,14 +1,15 @@
-"""The batcher on its own: batch closing, splitting, bounds, deadlines, cancellation, failures, drain."""
+"""The batcher on its own: batch closing, splitting, bounds, deadlines, cancellation, failures, drain, and
+when a batch runs on the event loop instead of the inference thread."""
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+import threading
 
 import pytest
 import torch
 
-from service.batching import Batcher, BatchFailed
+from service.batching import Batcher, BatchFailed, InferenceThread
 from service.errors import DeadlineExceeded, NotReady, Overloaded
 from service.metrics import Metrics
 
@@ -18,6 +19,7 @@ class Recorder:
 
     def __init__(self, delay: float = 0.0, fail: bool = False, oom_above: int | None = None):
         self.sizes: list[int] = []
+        self.threads: list[str] = []  # the thread each batch ran on
         self.delay, self.fail, self.oom_above = delay, fail, oom_above
 
     def __call__(self, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -31,13 +33,14 @@ class Recorder:
 
             time.sleep(self.delay)
         self.sizes.append(n)
+        self.threads.append(threading.current_thread().name)
         return inputs[0] * 2
 
 
-def make(run, **kwargs) -> Batcher:
+def make(run, inference: InferenceThread | None = None, **kwargs) -> Batcher:
     options = dict(max_batch_images=8, max_wait_s=0.05, max_queue_images=64)
     options.update(kwargs)
-    return Batcher("m", "op", run, ThreadPoolExecutor(1), Metrics(), **options)
+    return Batcher("m", "op", run, inference or InferenceThread(), Metrics(), **options)
 
 
 def rows(start: int, n: int) -> list[torch.Tensor]:
@@ -168,3 +171,70 @@ async def test_a_request_that_would_expire_in_the_queue_is_refused_at_once():
     assert info.value.status == 503 and "deadline" in info.value.message
     assert all(r.output.shape == (1,) for r in await asyncio.gather(running, *queued))
     await batcher.close()
+
+
+def _inline_batches(batcher: Batcher) -> float:
+    return batcher.metrics.registry.get_sample_value("flows_inline_batches_total", {"model": "m", "op": "op"})
+
+
+async def test_a_lone_short_batch_runs_on_the_event_loop_once_its_speed_is_known():
+    run = Recorder()
+    inference = InferenceThread(inline_max_s=1.0)
+    inference.requests_in_flight = 1  # what the middleware counts: this one request
+    batcher = make(run, inference, max_wait_s=0)
+    batcher.start()
+    for i in range(3):
+        assert torch.equal((await batcher.submit(rows(i, 2), 5.0)).output, torch.arange(i, i + 2) * 2.0)
+    await batcher.close()
+    loop_thread = threading.current_thread().name
+    # the first batch has no measured speed yet, so it goes to the thread; then the loop takes them
+    assert run.threads[0].startswith("inference") and run.threads[1:] == [loop_thread, loop_thread]
+    assert _inline_batches(batcher) == 2
+
+
+async def test_a_batch_stays_on_the_inference_thread_when_the_loop_has_other_work():
+    run = Recorder()
+    inference = InferenceThread(inline_max_s=1.0)
+    batcher = make(run, inference, max_wait_s=0)
+    batcher.start()
+    await batcher.submit(rows(0, 1), 5.0)  # speed measured
+    inference.requests_in_flight = 2  # another request is being parsed or answered
+    await batcher.submit(rows(0, 1), 5.0)
+    inference.requests_in_flight = 1
+    slow = InferenceThread(inline_max_s=1e-9)  # predicted longer than the budget
+    slow_batcher = make(run, slow, max_wait_s=0)
+    slow_batcher.start()
+    for _ in range(2):
+        await slow_batcher.submit(rows(0, 1), 5.0)
+    await batcher.close()
+    await slow_batcher.close()
+    assert all(t.startswith("inference") for t in run.threads)
+    assert _inline_batches(batcher) is None and _inline_batches(slow_batcher) is None
+
+
+async def test_a_batch_stays_on_the_inference_thread_while_another_batcher_uses_it():
+    fast, slow = Recorder(), Recorder(delay=0.3)
+    inference = InferenceThread(inline_max_s=1.0)
+    other = make(slow, inference, max_wait_s=0)
+    batcher = make(fast, inference, max_wait_s=0)
+    other.start()
+    batcher.start()
+    await batcher.submit(rows(0, 1), 5.0)  # speed measured
+    busy = asyncio.ensure_future(other.submit(rows(0, 1), 5.0))
+    await asyncio.sleep(0.05)  # the other batch is on the thread now
+    assert inference.running == 1
+    await batcher.submit(rows(0, 1), 5.0)
+    await busy
+    assert inference.running == 0
+    await asyncio.gather(batcher.close(), other.close())
+    assert all(t.startswith("inference") for t in fast.threads + slow.threads)
+
+
+async def test_no_batch_runs_inline_when_inline_is_off():
+    run = Recorder()
+    batcher = make(run, InferenceThread(inline_max_s=0.0), max_wait_s=0)
+    batcher.start()
+    for i in range(3):
+        await batcher.submit(rows(i, 1), 5.0)
+    await batcher.close()
+    assert all(t.startswith("inference") for t in run.threads)

@@ -70,6 +70,21 @@ async def test_seeded_samples_do_not_depend_on_what_they_are_batched_with(real_s
     assert base64.b64decode(alone)[:6] == b"\x93NUMPY"
 
 
+def test_requests_one_at_a_time_run_on_the_event_loop_and_get_the_same_answers():
+    """With nothing else in flight a short batch skips the inference thread (`--inline-max-ms`, here a
+    budget no batch exceeds on a loaded CI machine); the answers are those the thread gives (the first
+    batch, before the speed is known, and every batch of a server with inline off)."""
+    body = {"num_samples": 2, "seed": 77, "format": "npy"}
+    answers, inline = {}, {}
+    for budget in ("1000", "0"):
+        server = RealServer("--inline-max-ms", budget, "--no-warmup")
+        with server, httpx.Client(base_url=server.wait_ready().url, timeout=60) as client:
+            answers[budget] = [client.post("/sample", json=body).json()["npy"] for _ in range(4)]
+            inline[budget] = counter(client.get("/metrics").text, "flows_inline_batches_total", op="sample")
+    assert inline == {"1000": 3, "0": 0}
+    assert len({*answers["1000"], *answers["0"]}) == 1
+
+
 async def test_overload_answers_503_with_retry_after_and_every_accepted_request_completes():
     with RealServer("--max-batch-images", "4", "--max-queue-images", "8", "--max-wait-ms", "2") as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
