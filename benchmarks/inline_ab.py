@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import print_table, write_results
-from benchmarks.load import Requests, _start_server, idle_latencies
+from benchmarks.load import Requests, idle_latencies, start_server
 from model.data import load_mnist
 from model.images import encode_png
 
@@ -36,16 +36,7 @@ def main() -> None:
     servers = {}
     try:
         for name, budget in budgets.items():
-            options = argparse.Namespace(
-                server_root=None,
-                server_python=None,
-                models=args.models,
-                backend="auto",
-                max_batch_images=64,
-                server_args=["--inline-max-ms", budget],
-                torch_threads=0,
-            )
-            servers[name] = _start_server(options)
+            servers[name] = start_server(args.models, ["--inline-max-ms", budget])
         digits = [encode_png(d) for d in load_mnist().test[:4]]
         rows = []
         for op, kind in (("logprob", "json"), ("logprob", "multipart"), ("sample", "png")):

@@ -343,6 +343,20 @@ def _start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     raise TimeoutError("server not ready")
 
 
+def start_server(models: str, server_args: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`python -m service` from this checkout with its defaults (backend and threads auto, batches of 64)."""
+    options = argparse.Namespace(
+        server_root=None,
+        server_python=None,
+        models=models,
+        backend="auto",
+        max_batch_images=64,
+        server_args=server_args or [],
+        torch_threads=0,
+    )
+    return _start_server(options)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default=None, help="a running server; default: start one")

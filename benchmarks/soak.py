@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import print_table, write_results
-from benchmarks.load import _multipart, _start_server
+from benchmarks.load import _multipart, start_server
 from model.data import load_mnist
 from model.images import encode_png
 
@@ -237,16 +237,7 @@ def main() -> None:
     args = p.parse_args()
     server, url = None, args.url
     if url is None:
-        options = argparse.Namespace(
-            server_root=None,
-            server_python=None,
-            models=args.models,
-            backend="auto",
-            max_batch_images=64,
-            server_args=[],
-            torch_threads=0,  # the server's auto
-        )
-        server, url = _start_server(options)
+        server, url = start_server(args.models)
     try:
         result = uvloop.run(soak(url, server.pid if server else args.pid, args))
     finally:
