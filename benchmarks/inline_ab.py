@@ -1,6 +1,6 @@
 """Idle requests with batches on the inference thread (`--inline-max-ms 0`) against on the event loop.
 
-    python benchmarks/inline_ab.py [--rounds 8] [--requests 40] [--inline-max-ms 25]
+    python benchmarks/inline_ab.py [--rounds 8] [--requests 40] [--inline-max-ms 50]
 
 Starts both servers side by side and sends them one request at a time over a keep-alive connection in
 alternating blocks (a shared machine drifts), for `/logprob` JSON, `/logprob` multipart and `/sample`
@@ -28,7 +28,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--requests", type=int, default=40, help="per server per round and request kind")
-    p.add_argument("--inline-max-ms", type=float, default=25.0)
+    p.add_argument("--inline-max-ms", type=float, default=50.0)
     p.add_argument("--models", default=str(ROOT / "checkpoints"))
     p.add_argument("--model", default="finc-mnist")
     args = p.parse_args()

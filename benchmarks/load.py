@@ -366,7 +366,12 @@ def main() -> None:
     p.add_argument("--server-args", nargs="*", default=[], help="extra server options")
     p.add_argument("--models", default=str(ROOT / "checkpoints"))
     p.add_argument("--model", default="finc-mnist")
-    p.add_argument("--scenarios", nargs="+", default=["logprob:4", "logprob:64", "sample:4", "sample:64"])
+    p.add_argument(
+        "--scenarios",
+        nargs="*",
+        default=["logprob:4", "logprob:64", "sample:4", "sample:64"],
+        help="none: idle only",
+    )
     p.add_argument("--clients", type=int, nargs="+", default=[16])
     p.add_argument("--duration", type=float, default=6.0, help="seconds per load level")
     p.add_argument("--idle-requests", type=int, default=200)

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
         "this long for a fuller batch",
     )
     inline_max_ms: float = Field(
-        25.0,
+        50.0,
         ge=0,
         le=1000,
         description="a batch predicted to take at most this long runs on the event loop when the server "
