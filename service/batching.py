@@ -40,9 +40,9 @@ class InferenceThread:
 
     A batch normally runs on the thread, so that the event loop goes on parsing, decoding and answering
     requests meanwhile. When there is nothing else to go on with (no HTTP request in flight besides the
-    batch's own, no batch on the thread) and the batch is predicted to take at most `inline_max_s`, it
-    runs on the event loop instead: no one waits for the loop, and the two thread hand-offs are saved
-    (~0.4 ms a request on a 2-core VM, `benchmarks/results/inline_ab.json`).
+    batch's own, no batch on the thread, nothing queued behind it) and the batch is predicted to take at
+    most `inline_max_s`, it runs on the event loop instead: no one waits for the loop, and the two thread
+    hand-offs are saved (0.6-1.6 ms a request on a 2-core VM, `benchmarks/results/inline_ab.json`).
     """
 
     def __init__(self, inline_max_s: float = 0.0):
@@ -268,7 +268,9 @@ class Batcher:
             inputs = [torch.cat(parts) for parts in zip(*(w.inputs for w in batch), strict=True)]
             total = inputs[0].shape[0]
             predicted_s = total / self._images_per_s if self._images_per_s else None
-            inline = self.inference.inline(len(batch), predicted_s)
+            # Only the last queued batch may run inline: batches back to back on the loop would block it
+            # for all of them (a request split into chunks), while one is bounded by the budget.
+            inline = not self._queue and self.inference.inline(len(batch), predicted_s)
             try:
                 if inline:
                     output = self._execute(inputs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 import torch
@@ -238,3 +239,31 @@ async def test_no_batch_runs_inline_when_inline_is_off():
         await batcher.submit(rows(i, 1), 5.0)
     await batcher.close()
     assert all(t.startswith("inference") for t in run.threads)
+
+
+async def test_a_request_split_into_chunks_never_holds_the_event_loop_for_more_than_one_batch():
+    run = Recorder(delay=0.05)
+    inference = InferenceThread(inline_max_s=1.0)
+    inference.requests_in_flight = 1
+    batcher = make(run, inference, max_wait_s=0, max_batch_images=8)
+    batcher.start()
+    await batcher.submit(rows(0, 8), 5.0)  # speed measured
+    gaps, ticking = [], True
+
+    async def ticker() -> None:  # what the event loop owes everyone else
+        last = time.perf_counter()
+        while ticking:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.ensure_future(ticker())
+    result = await batcher.submit(rows(0, 40), 5.0)  # five chunks of 8
+    ticking = False
+    await tick
+    await batcher.close()
+    assert torch.equal(result.output, torch.arange(40) * 2.0)
+    loop_thread = threading.current_thread().name
+    assert run.threads[1:] == ["inference_0"] * 4 + [loop_thread]  # only the last chunk ran inline
+    assert max(gaps) < 0.05 + 0.04  # one inline batch at most, never the five
