@@ -2,8 +2,8 @@
 
 By default glibc serves large allocations with `mmap` and hands freed memory at the top of the heap back to
 the OS, so a process that allocates and frees the same big tensors on every batch gets fresh zeroed pages
-each time. On our 2-core CPU a 64-image FInC sample took ~74k page faults and 330 ms; with allocations up
-to 32 MiB served from the heap and freed memory kept (up to 1 GiB), 0 faults and 170 ms
+each time. On our 2-core CPU a 64-image FInC sample took ~75k page faults and 307 ms; with allocations up
+to 32 MiB served from the heap and freed memory kept (up to 1 GiB), 0 faults and 175 ms
 (`benchmarks/malloc_ab.py`). Serving stacks get the same from jemalloc or tcmalloc; this needs no preload.
 The cost: the process keeps its peak heap instead of shrinking between batches.
 """
