@@ -62,7 +62,7 @@ class InferenceThread:
             and self.requests_in_flight <= requests
         )
 
-    async def run(self, fn: Callable[[list[torch.Tensor]], torch.Tensor], inputs: list[torch.Tensor]):
+    async def run(self, fn: RunBatch, inputs: list[torch.Tensor]) -> torch.Tensor:
         self.running += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn, inputs)
