@@ -91,7 +91,8 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _multipart(files: list[bytes], model: str) -> tuple[bytes, str]:
+def multipart_body(files: list[bytes], model: str) -> tuple[bytes, str]:
+    """A `/logprob` multipart body (the model field, then each PNG as `files`) and its content type."""
     boundary = "flowsbenchboundary"
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'.encode()]
     for i, data in enumerate(files):
@@ -119,7 +120,7 @@ class Requests:
             self.body = json.dumps({"model": model, "images": encoded}).encode()
         else:
             self.path = "/logprob"
-            self.body, self.content_type = _multipart(digits[:images], model)
+            self.body, self.content_type = multipart_body(digits[:images], model)
 
 
 class _Health:

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import print_table, write_results
-from benchmarks.load import _multipart, start_server
+from benchmarks.load import multipart_body, start_server
 from model.data import load_mnist
 from model.images import encode_png
 
@@ -70,7 +70,7 @@ class Traffic:
 
     def __init__(self, model: str, digits: list[bytes], seed: int = 0):
         self.model, self.digits, self.rng = model, digits, random.Random(seed)
-        self.bad = [*BAD, ("/logprob", *_multipart([b"not an image"], model))]
+        self.bad = [*BAD, ("/logprob", *multipart_body([b"not an image"], model))]
 
     def next(self) -> tuple[str, str, bytes, str, int]:
         r, rng = self.rng.random(), self.rng
@@ -81,7 +81,7 @@ class Traffic:
             body = {"model": self.model, "num_samples": n, "format": fmt, "seed": rng.randrange(2**31)}
             return "sample", "/sample", json.dumps(body).encode(), JSON, n
         if r < 0.70:
-            return "logprob_multipart", "/logprob", *_multipart(picks, self.model), n
+            return "logprob_multipart", "/logprob", *multipart_body(picks, self.model), n
         if r < 0.90:
             images = [base64.b64encode(d).decode() for d in picks]
             return "logprob_json", "/logprob", json.dumps({"images": images}).encode(), JSON, n
