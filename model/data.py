@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ __all__ = [
     "load_npy",
 ]
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+# Debian's location; FLOWS_FASHION_MNIST_DIR points elsewhere (the idx files carried to a GPU machine).
+FASHION_MNIST_DIR = Path(os.environ.get("FLOWS_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
@@ -94,9 +96,9 @@ def _read_idx_images(path: Path) -> torch.Tensor:
     )
 
 
-def load_fashion_mnist(root: str | Path = FASHION_MNIST_DIR) -> ImageData:
+def load_fashion_mnist(root: str | Path | None = None) -> ImageData:
     """Fashion-MNIST from the original idx files (Debian package `dataset-fashion-mnist`)."""
-    root = Path(root)
+    root = Path(root) if root is not None else FASHION_MNIST_DIR
     files = [root / "train-images-idx3-ubyte.gz", root / "t10k-images-idx3-ubyte.gz"]
     for f in files:
         if not f.is_file():

@@ -240,3 +240,32 @@ def test_a_continuation_stopped_in_its_first_epoch_resumes(tmp_path, digits):
     assert read_train_state(second).meta["global_step"] == 7 and (second / "config.json").is_file()
     assert train_main(_args(second, digits, *more, "--resume")) == 0
     assert [r["epoch"] for r in read_training_log(second)] == [1, 2]
+
+
+def test_gpu_train_script_packs_a_state_that_the_next_call_resumes(tmp_path, digits):
+    """`scripts/gpu_train.sh` (one call per device lease): start from a checkpoint, stop mid-run, pack the
+    run into one tar; unpacked into an empty runs folder, the next call resumes it and finishes the epoch."""
+    assert train_main(_args(tmp_path / "checkpoints" / "tiny", digits, "--epochs", "1")) == 0
+    script = ROOT / "scripts" / "gpu_train.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
+
+    def call(runs: Path, *extra: str) -> subprocess.CompletedProcess:
+        command = ["bash", script, "--device", "cpu", "--minutes", "5", "--runs", runs, "--from",
+                   tmp_path / "checkpoints", f"tiny:2:{digits}",
+                   "--", "--batch-size", "32", "--warmup-steps", "2", *extra]  # fmt: skip
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    first = call(tmp_path / "runs1", "--max-steps", "8")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "=== tiny: ok" in first.stdout
+    second_runs = tmp_path / "runs2" / "tiny"
+    second_runs.mkdir(parents=True)
+    subprocess.run(["tar", "-xf", tmp_path / "out" / "tiny.tar", "-C", second_runs], check=True)
+    assert read_train_state(second_runs).meta["global_step"] == 8
+    second = call(tmp_path / "runs2")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resuming" in second.stdout and "epoch   2" in second.stdout
+    assert [r["epoch"] for r in read_training_log(second_runs)] == [1, 2]
+    assert read_train_state(second_runs).meta["global_step"] == 10
+    bad = subprocess.run(["bash", script, "tiny"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
