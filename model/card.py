@@ -31,6 +31,15 @@ _DATA = {
 }
 
 
+def _precision(history: list[dict]) -> str:
+    """Which logged epochs ran their coupling networks in bfloat16 (`model.train --subnet-precision`)."""
+    epochs = [row["epoch"] for row in history if row.get("subnet_precision") == "bfloat16"]
+    if not epochs:
+        return ""
+    span = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}–{epochs[-1]}"
+    return f"; coupling networks in bfloat16 (autocast) in {span}"
+
+
 def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
     """The Markdown model card of `checkpoint`."""
     config = read_config(checkpoint)
@@ -54,7 +63,7 @@ def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
         f"| training | {training.get('epochs')} epochs, {training.get('steps'):,} steps of batch "
         f"{training.get('batch_size')}, Adam lr {training.get('lr')} "
         f"({training.get('lr_schedule', 'constant')}),"
-        f" EMA {training.get('ema_decay') or 'off'}, seed {training.get('seed')} |",
+        f" EMA {training.get('ema_decay') or 'off'}, seed {training.get('seed')}{_precision(history)} |",
         f"| compute | {hours:.1f} h on {training.get('device')} (commit {training.get('commit')}, "
         f"{training.get('date')}) |",
         f"| test bits/dim | **{bpd:.3f}** on {training.get('test_images')} test images, uniform "

@@ -20,6 +20,7 @@ from model.layers import (
     LogitTransform,
     Split,
     Squeeze,
+    subnets_in,
 )
 
 from .helpers import dense_jacobian, randomise_parameters
@@ -209,3 +210,29 @@ def test_unknown_orientation_and_bad_channel_counts_are_rejected():
         FInCUnit(6, 3)
     with pytest.raises(ValueError, match="even"):
         Squeeze()(torch.zeros(1, 1, 3, 4))
+
+
+def test_bfloat16_subnets_keep_the_coupling_exactly_invertible_with_its_exact_logdet():
+    """Training's `--subnet-precision bfloat16`: the network runs in bfloat16 (its output changes), the
+    transform stays float32, so the inverse (in the same precision) and the log-determinant stay exact."""
+    layer, x = build("coupling", 4, 0, 5, 6, dtype=torch.float32)
+    with torch.no_grad():
+        y32, logdet32 = layer(x)
+        with subnets_in(torch.bfloat16):
+            y, logdet = layer(x)
+            x_back = layer.inverse(y)
+        assert y.dtype == logdet.dtype == torch.float32
+        assert 1e-6 < (y - y32).abs().max().item() < 0.05 * y32.abs().max().item()
+        assert (x_back - x).abs().max().item() < 1e-5 * max(1.0, x.abs().max().item())
+        assert torch.equal(layer(x)[0], y32)  # the context ended: float32 again
+    with subnets_in(torch.bfloat16):
+        for i in range(x.shape[0]):
+            jac = dense_jacobian(lambda v: layer(v)[0], x[i : i + 1]).double()
+            assert abs(logdet[i].item() - torch.linalg.slogdet(jac)[1].item()) < 1e-4 * abs(
+                logdet32[i].item()
+            )
+    layer64, x64 = build("coupling", 4, 0, 5, 6)
+    with torch.no_grad():
+        y64 = layer64(x64)[0]
+        with subnets_in(torch.bfloat16):  # float64 is never autocast
+            assert torch.equal(layer64(x64)[0], y64)

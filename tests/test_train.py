@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from model import load_flow
+from model.card import model_card
 from model.curves import CURVE_FILE, LOG_FILE, plot_learning_curve, read_training_log
 from model.data import load_mnist
 from model.flow import MultiScaleFlow
@@ -269,3 +270,13 @@ def test_gpu_train_script_packs_a_state_that_the_next_call_resumes(tmp_path, dig
     assert read_train_state(second_runs).meta["global_step"] == 10
     bad = subprocess.run(["bash", script, "tiny"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_bfloat16_subnets_train_and_are_recorded_in_the_log_and_config(tmp_path, digits):
+    out = tmp_path / "run"
+    assert train_main(_args(out, digits, "--epochs", "1", "--subnet-precision", "bfloat16")) == 0
+    (row,) = read_training_log(out)
+    training = json.loads((out / "config.json").read_text())["training"]
+    assert row["subnet_precision"] == training["subnet_precision"] == "bfloat16"
+    assert np.isfinite(row["test_bits_per_dim"]) and row["test_bits_per_dim"] < 8
+    assert "coupling networks in bfloat16 (autocast) in epoch 1 " in model_card(out)

@@ -1,17 +1,35 @@
-"""Affine coupling (Glow): half the channels are scaled and shifted by a network of the other half."""
+"""Affine coupling (Glow): half the channels are scaled and shifted by a network of the other half.
+
+The network may run in bfloat16 (`subnets_in(torch.bfloat16)`, training's `--subnet-precision`): it only
+parameterises the transform, which stays float32, so the layer is still exactly invertible and its
+log-determinant exact for the function computed; the network's convolutions are most of a step's time.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
 
 from .base import FlowLayer
 
-__all__ = ["AffineCoupling", "SubnetFactory", "conv_subnet"]
+__all__ = ["AffineCoupling", "SubnetFactory", "conv_subnet", "subnets_in"]
 
 SubnetFactory = Callable[[int, int], nn.Module]
+_SUBNET_DTYPE: ContextVar[torch.dtype | None] = ContextVar("subnet_dtype", default=None)
+
+
+@contextmanager
+def subnets_in(dtype: torch.dtype | None) -> Iterator[None]:
+    """Run coupling networks under autocast to `dtype` (None or float32: as the inputs) in this block."""
+    token = _SUBNET_DTYPE.set(None if dtype in (None, torch.float32) else dtype)
+    try:
+        yield
+    finally:
+        _SUBNET_DTYPE.reset(token)
 
 
 class _ZeroConv2d(nn.Conv2d):
@@ -59,7 +77,13 @@ class AffineCoupling(FlowLayer):
         self.net = factory(self.split, 2 * (channels - self.split))
 
     def _shift_log_scale(self, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.net(xa)
+        dtype = _SUBNET_DTYPE.get()
+        if dtype is None:
+            h = self.net(xa)
+        else:
+            with torch.autocast(xa.device.type, dtype=dtype):
+                h = self.net(xa)
+            h = h.to(xa.dtype)
         shift, raw = h[:, 0::2], h[:, 1::2]
         return shift, _log_sigmoid(raw + 2.0)
 
