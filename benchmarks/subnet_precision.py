@@ -4,7 +4,10 @@
 
 1. Speed: one training step (batch 64, forward + backward + Adam) of every shipped checkpoint, the two
    precisions alternating in one process; the median of each and their ratio.
-2. Quality: the same small flow of each architecture (L=2, K=4, hidden 64) trained from the same seed on
+2. Mismatch: every shipped checkpoint's test bits/dim (the first 2,000 MNIST or Fashion-MNIST test images)
+   evaluated with its coupling networks in bfloat16 against float32: how far the function trained in
+   bfloat16 is from the one served.
+3. Quality: the same small flow of each architecture (L=2, K=4, hidden 64) trained from the same seed on
    the same MNIST batches for `--quality-steps` steps in each precision by the training CLI, then its test
    bits/dim in float32 (the first 2,000 test images) and its training time.
 Writes benchmarks/results/subnet_precision_{cpu|gpu}.json.
@@ -27,9 +30,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import print_table, write_results
 from model import load_flow
+from model.checkpoint import read_config
+from model.data import load_dataset
 from model.layers import subnets_in
 from model.malloc import tune_malloc
-from model.train import SUBNET_DTYPES
+from model.train import SUBNET_DTYPES, evaluate_bits_per_dim
 from model.train import main as train_main
 
 ARCHS = ("finc", "inverse_flow", "glow")
@@ -60,6 +65,17 @@ def step_times(path: Path, device: torch.device, rounds: int) -> dict[str, float
             sync()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def mismatch(path: Path, device: torch.device, images: int = 2000) -> dict[str, float]:
+    """Test bits/dim of the checkpoint with its coupling networks in each precision (same images, noise)."""
+    flow = load_flow(path, device=device).eval()
+    test = load_dataset(read_config(path)["training"]["dataset"]).test[:images]
+    out = {}
+    for name, dtype in SUBNET_DTYPES.items():
+        with subnets_in(dtype):
+            out[name] = evaluate_bits_per_dim(flow, test, device=device)
+    return out
 
 
 def train_small(arch: str, precision: str, steps: int, device: str, out: Path) -> dict[str, float]:
@@ -99,7 +115,17 @@ def main(argv: list[str] | None = None) -> int:
                 "speedup": round(t["float32"] / t["bfloat16"], 2),
             }
         )
-    print_table(speed, ["model", "float32_ms", "bfloat16_ms", "speedup"])
+    for row in speed:
+        bpd = mismatch(Path(args.models) / row["model"], device)
+        row |= {
+            "float32_bpd": round(bpd["float32"], 5),
+            "bfloat16_bpd": round(bpd["bfloat16"], 5),
+            "bpd_mismatch": round(bpd["bfloat16"] - bpd["float32"], 5),
+        }
+    print_table(
+        speed,
+        ["model", "float32_ms", "bfloat16_ms", "speedup", "float32_bpd", "bfloat16_bpd", "bpd_mismatch"],
+    )
 
     quality = []
     if args.quality_steps:
