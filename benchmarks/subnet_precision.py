@@ -67,10 +67,15 @@ def step_times(path: Path, device: torch.device, rounds: int) -> dict[str, float
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def mismatch(path: Path, device: torch.device, images: int = 2000) -> dict[str, float]:
-    """Test bits/dim of the checkpoint with its coupling networks in each precision (same images, noise)."""
+def mismatch(path: Path, device: torch.device, images: int = 2000) -> dict[str, float | None]:
+    """Test bits/dim of the checkpoint with its coupling networks in each precision (same images, noise);
+    None where its dataset is not on this machine (a GPU machine without the carried data)."""
     flow = load_flow(path, device=device).eval()
-    test = load_dataset(read_config(path)["training"]["dataset"]).test[:images]
+    try:
+        test = load_dataset(read_config(path)["training"]["dataset"]).test[:images]
+    except FileNotFoundError as e:
+        print(f"{path.name}: no bits/dim ({e})")
+        return dict.fromkeys(SUBNET_DTYPES)
     out = {}
     for name, dtype in SUBNET_DTYPES.items():
         with subnets_in(dtype):
@@ -117,11 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     for row in speed:
         bpd = mismatch(Path(args.models) / row["model"], device)
-        row |= {
-            "float32_bpd": round(bpd["float32"], 5),
-            "bfloat16_bpd": round(bpd["bfloat16"], 5),
-            "bpd_mismatch": round(bpd["bfloat16"] - bpd["float32"], 5),
-        }
+        if bpd["float32"] is not None:
+            row |= {
+                "float32_bpd": round(bpd["float32"], 5),
+                "bfloat16_bpd": round(bpd["bfloat16"], 5),
+                "bpd_mismatch": round(bpd["bfloat16"] - bpd["float32"], 5),
+            }
     print_table(
         speed,
         ["model", "float32_ms", "bfloat16_ms", "speedup", "float32_bpd", "bfloat16_bpd", "bpd_mismatch"],

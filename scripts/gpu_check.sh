@@ -5,7 +5,8 @@
 #   3. compute-sanitizer memcheck, racecheck and synccheck over scripts/sanitizer_shapes.py
 #   4. benchmarks/solve_gpu.py (ours vs per-diagonal-per-channel baseline vs cuDNN) -> results/solve_gpu_*.json
 #   5. benchmarks/e2e_gpu.py (sample / score 100 images per shipped model)      -> results/e2e_gpu_*.json
-#   6. benchmarks/load.py against `python -m service` on the GPU               -> results/load_sample_gpu_*.json
+#   6. benchmarks/subnet_precision.py (training steps, float32 vs bf16 subnets) -> results/subnet_precision_gpu.json
+#   7. benchmarks/load.py against `python -m service` on the GPU               -> results/load_sample_gpu_*.json
 # Every step runs even when an earlier one fails; the summary lists each step's status and the script exits
 # non-zero when any failed. Logs go to $LOG_DIR (default benchmarks/results/gpu_check_logs).
 #
@@ -49,6 +50,7 @@ if [ "$DRY" = 1 ]; then
   step host-driver "$PYTHON" -m kernels_cuda.build --host
   step sanitizer-shapes "$PYTHON" scripts/sanitizer_shapes.py --dry-run
   step solve-benchmark "$PYTHON" benchmarks/solve_gpu.py --dry-run --out "$LOG_DIR/dry"
+  step training-precision "$PYTHON" benchmarks/subnet_precision.py --quality-steps 0 --rounds 1 --out "$LOG_DIR/dry"
   for tool in memcheck racecheck synccheck; do
     echo "would run: compute-sanitizer --tool $tool --error-exitcode 1 $PYTHON scripts/sanitizer_shapes.py"
   done
@@ -69,6 +71,7 @@ EOF
   done
   step solve-benchmark "$PYTHON" benchmarks/solve_gpu.py $QUICK
   step e2e-benchmark "$PYTHON" benchmarks/e2e_gpu.py
+  step training-precision "$PYTHON" benchmarks/subnet_precision.py --quality-steps 0
   # The service on the GPU (load.py starts `python -m service`, device auto = cuda) vs the raw model. load.py
   # writes results/load_sample.json, the committed CPU result: keep that, file the GPU one under its device.
   SLUG=$("$PYTHON" -c "from benchmarks.common import device_slug; import torch; print(device_slug(torch.cuda.get_device_name()))")

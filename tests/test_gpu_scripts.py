@@ -7,12 +7,15 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from benchmarks import e2e_gpu, solve_gpu
+from benchmarks import e2e_gpu, solve_gpu, subnet_precision
 from kernels_cuda.build import find_cxx
 from model import FlowConfig, build_flow, save_flow
+
+from .helpers import randomise_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(find_cxx() is None, reason="no C++ compiler")
@@ -46,3 +49,35 @@ def test_e2e_benchmark_dry_run_times_every_model(tmp_path):
     assert {(r["model"], r["pass"]) for r in payload["rows"]} == {
         (m, p) for m in ("finc", "inverse_flow") for p in ("sample", "score")
     }
+
+
+def test_training_precision_benchmark_times_and_scores_every_model(tmp_path):
+    """gpu_check's training-precision step (quality runs off): step times and bits/dim in both precisions."""
+    data = tmp_path / "tiny.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8))
+    models = tmp_path / "models"
+    for arch in ("finc", "glow"):
+        config = FlowConfig(arch=arch, image_shape=(1, 8, 8), levels=1, steps=1, hidden=8, kernel_size=3)
+        flow = build_flow(config)
+        flow.train()
+        flow.log_prob(torch.randint(0, 256, (4, 1, 8, 8)))  # ActNorm initialisation
+        randomise_parameters(flow, std=0.05)  # the couplings' zero-initialised last layers too
+        save_flow(flow.eval(), models / arch, {"dataset": str(data)})
+    argv = [
+        "--models",
+        str(models),
+        "--device",
+        "cpu",
+        "--quality-steps",
+        "0",
+        "--rounds",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    assert subnet_precision.main(argv) == 0
+    rows = json.loads((tmp_path / "subnet_precision_cpu.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["finc", "glow"]
+    for r in rows:
+        assert r["float32_ms"] > 0 and r["bfloat16_ms"] > 0
+        assert 0 < abs(r["bpd_mismatch"]) < 0.05 * r["float32_bpd"]
