@@ -36,14 +36,20 @@ def test_solve_benchmark_dry_run_writes_results(tmp_path):
     assert row["max_abs_diff_vs_torch"] < 1e-5 and row["ours_ms"] > 0
 
 
-def test_e2e_benchmark_dry_run_times_every_model(tmp_path):
-    models = tmp_path / "models"
-    for arch in ("finc", "inverse_flow"):
+def _tiny_models(models: Path, archs: tuple[str, ...], dataset: str) -> Path:
+    """One 8×8 checkpoint per architecture, with generic weights (the zero-initialised layers moved too)."""
+    for arch in archs:
         config = FlowConfig(arch=arch, image_shape=(1, 8, 8), levels=1, steps=1, hidden=8, kernel_size=3)
         flow = build_flow(config)
         flow.train()
         flow.log_prob(torch.randint(0, 256, (4, 1, 8, 8)))  # ActNorm initialisation
-        save_flow(flow.eval(), models / arch, {"dataset": "none"})
+        randomise_parameters(flow, std=0.05)
+        save_flow(flow.eval(), models / arch, {"dataset": dataset})
+    return models
+
+
+def test_e2e_benchmark_dry_run_times_every_model(tmp_path):
+    models = _tiny_models(tmp_path / "models", ("finc", "inverse_flow"), "none")
     assert e2e_gpu.main(["--dry-run", "--models", str(models), "--out", str(tmp_path)]) == 0
     payload = json.loads(next(tmp_path.glob("e2e_gpu_*.json")).read_text())
     assert {(r["model"], r["pass"]) for r in payload["rows"]} == {
@@ -55,26 +61,9 @@ def test_training_precision_benchmark_times_and_scores_every_model(tmp_path):
     """gpu_check's training-precision step (quality runs off): step times and bits/dim in both precisions."""
     data = tmp_path / "tiny.npy"
     np.save(data, np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8))
-    models = tmp_path / "models"
-    for arch in ("finc", "glow"):
-        config = FlowConfig(arch=arch, image_shape=(1, 8, 8), levels=1, steps=1, hidden=8, kernel_size=3)
-        flow = build_flow(config)
-        flow.train()
-        flow.log_prob(torch.randint(0, 256, (4, 1, 8, 8)))  # ActNorm initialisation
-        randomise_parameters(flow, std=0.05)  # the couplings' zero-initialised last layers too
-        save_flow(flow.eval(), models / arch, {"dataset": str(data)})
-    argv = [
-        "--models",
-        str(models),
-        "--device",
-        "cpu",
-        "--quality-steps",
-        "0",
-        "--rounds",
-        "1",
-        "--out",
-        str(tmp_path),
-    ]
+    models = _tiny_models(tmp_path / "models", ("finc", "glow"), str(data))
+    argv = ["--models", str(models), "--device", "cpu", "--quality-steps", "0", "--rounds", "1",
+            "--out", str(tmp_path)]  # fmt: skip
     assert subnet_precision.main(argv) == 0
     rows = json.loads((tmp_path / "subnet_precision_cpu.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["finc", "glow"]
