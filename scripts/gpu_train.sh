@@ -54,7 +54,7 @@ for spec in "${SPECS[@]}"; do
   echo "=== $name: $epochs epochs on $dataset ($DEVICE, $MINUTES min), $([ -f "$run/train_state.safetensors" ] \
     && echo "resuming $run" || echo "from $FROM/$name")"
   "$PYTHON" -m model.train --out "$run" --resume --init-from "$FROM/$name" --dataset "$dataset" \
-    --epochs "$epochs" --device "$DEVICE" --max-minutes "$MINUTES" --quiet "${EXTRA[@]}" >"$run/train.log" 2>&1 &
+    --epochs "$epochs" --device "$DEVICE" --max-minutes "$MINUTES" --quiet "${EXTRA[@]}" >>"$run/train.log" 2>&1 &
   PIDS+=($!); NAMES+=("$name")
 done
 
