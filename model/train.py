@@ -311,7 +311,7 @@ def train(args: argparse.Namespace) -> Path:
             "test_bits_per_dim": test_bpd,
             "test_images": int(test_images.shape[0]),
             "num_parameters": flow.num_parameters(),
-            "device": f"CPU, {torch.get_num_threads()} threads"
+            "device": f"CPU, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
             if device.type == "cpu"
             else torch.cuda.get_device_name(device),
             "train_seconds": round(meta["train_seconds"], 1),
