@@ -16,7 +16,7 @@ Writes benchmarks/results/subnet_precision_{cpu|gpu}.json.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import statistics
 import sys
 import tempfile
@@ -67,12 +67,18 @@ def step_times(path: Path, device: torch.device, rounds: int) -> dict[str, float
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+@functools.cache
+def _test_images(dataset: str) -> torch.Tensor:
+    """A dataset's test images, loaded once for all the checkpoints trained on it."""
+    return load_dataset(dataset).test
+
+
 def mismatch(path: Path, device: torch.device, images: int = 2000) -> dict[str, float | None]:
     """Test bits/dim of the checkpoint with its coupling networks in each precision (same images, noise);
     None where its dataset is not on this machine (a GPU machine without the carried data)."""
     flow = load_flow(path, device=device).eval()
     try:
-        test = load_dataset(read_config(path)["training"]["dataset"]).test[:images]
+        test = _test_images(read_config(path)["training"]["dataset"])[:images]
     except FileNotFoundError as e:
         print(f"{path.name}: no bits/dim ({e})")
         return dict.fromkeys(SUBNET_DTYPES)
@@ -92,7 +98,7 @@ def train_small(arch: str, precision: str, steps: int, device: str, out: Path) -
     ]  # fmt: skip
     if train_main(args) != 0:
         raise RuntimeError(f"training {arch} in {precision} failed")
-    training = json.loads((out / "config.json").read_text())["training"]
+    training = read_config(out)["training"]
     return {"test_bits_per_dim": training["test_bits_per_dim"], "train_seconds": training["train_seconds"]}
 
 

@@ -71,10 +71,9 @@ for i in "${!PIDS[@]}"; do
   echo "=== $name: $status -> $OUT/$name.tar ($(du -h "$OUT/$name.tar" | cut -f1))"
   tail -n 5 "$run/train.log"
   "$PYTHON" - "$run" <<'PYCODE' || true
-import json, sys
-from pathlib import Path
-log = Path(sys.argv[1]) / "training_log.json"
-for row in (json.loads(log.read_text())["epochs"] if log.is_file() else [])[-5:]:
+import sys
+from model.curves import read_training_log
+for row in read_training_log(sys.argv[1])[-5:]:
     print(f"  epoch {row['epoch']:>3}  step {row['step']:>6}  test {row.get('test_bits_per_dim', float('nan')):.4f} bits/dim")
 PYCODE
 done
