@@ -51,6 +51,20 @@ def plot_learning_curve(checkpoint: str | Path, title: str | None = None) -> Pat
     train = [(r["epoch"], r["train_bits_per_dim"]) for r in records if r.get("train_bits_per_dim")]
     if train:
         ax.plot(*zip(*train, strict=True), "s--", ms=2, alpha=0.7, label="train (epoch mean)")
+    clipped = y_range_without_first_epoch(records, train)
+    if clipped:
+        ax.set_ylim(*clipped)
+        note = f"epoch {epochs[0]} ({records[0]['test_bits_per_dim']:.2f}) is above the chart"
+        ax.text(0.1, 0.93, note, transform=ax.transAxes, fontsize=8, color="gray", va="top")
+    last = records[-1]
+    ax.annotate(
+        f"{last['test_bits_per_dim']:.3f}",
+        (last["epoch"], last["test_bits_per_dim"]),
+        textcoords="offset points",
+        xytext=(0, -12),
+        ha="center",
+        fontsize=8,
+    )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("bits/dim")
@@ -62,3 +76,17 @@ def plot_learning_curve(checkpoint: str | Path, title: str | None = None) -> Pat
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def y_range_without_first_epoch(
+    records: list[dict], train: list[tuple[int, float]]
+) -> tuple[float, float] | None:
+    """A y-range for the later epochs when the first one (an untrained start) would flatten them; None
+    when it would not."""
+    later = [r["test_bits_per_dim"] for r in records[1:]] + [v for e, v in train if e != records[0]["epoch"]]
+    first = max([records[0]["test_bits_per_dim"]] + [v for e, v in train if e == records[0]["epoch"]])
+    if len(records) < 3 or first <= 1.5 * max(later):
+        return None
+    low, high = min(later), max(later)
+    pad = 0.08 * (high - low or high)
+    return low - 2 * pad, high + 2 * pad

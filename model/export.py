@@ -12,6 +12,7 @@ missed. Files: `DIR/score.onnx`, `DIR/sample.onnx`, `DIR/manifest.json` (default
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -50,8 +51,9 @@ EXPORTABLE: dict[str, tuple[str, ...]] = {
     "inverse_flow": ("sample",),
 }
 # float32 graphs reorder sums: ~1e-6 relative error in log p. On real images that is ~1e-4 bits/dim;
-# random noise images have |log p| ~1e5–1e6 nats, so they are held to a relative bound instead (the
-# 435k-parameter FInC measured 1.6e-5 there: deeper, longer-trained nets amplify the reordering more).
+# random noise images reach |log p| ~1e4–1e13 nats, where float32 is off by up to ~1e-4 relative in torch
+# as in the graph (the 34-epoch FInC: 7.0e-5 torch, 7.2e-5 ONNX, 1.4e-4 apart, against float64), so there
+# the graph is held to torch's own float32 error against a float64 pass, at least this bound.
 SCORE_TOLERANCE_BPD = 1e-3
 SCORE_TOLERANCE_RELATIVE = 5e-5
 SAMPLE_TOLERANCE_PIXELS = 0.05  # continuous pixel values in [0, 256); one 8-bit level is 1.0
@@ -112,27 +114,36 @@ def _session(path: Path):
 
 
 def _check_score(flow: MultiScaleFlow, path: Path, real: torch.Tensor | None) -> dict[str, float]:
+    """The graph's log p against torch: on real images within `SCORE_TOLERANCE_BPD` of torch float32; on
+    noise images, where float32 itself is off by up to ~1e-4, no further from a float64 pass than torch's
+    own float32 pass is (×2), or `SCORE_TOLERANCE_RELATIVE`, whichever is larger."""
     sess = _session(path)
+    exact = copy.deepcopy(flow).freeze(False).double()  # frozen caches stay float32 otherwise
     gen = torch.Generator().manual_seed(0)
-    inputs = {"random": torch.randint(0, 256, (7, *flow.config.image_shape), generator=gen).float()}
-    if real is not None:
-        inputs["real"] = real.float()
+    inputs = {"real": real.float()} if real is not None else {}
+    inputs["random"] = torch.randint(0, 256, (7, *flow.config.image_shape), generator=gen).float()
     report = {}
     for kind, images in inputs.items():
         dequantized = dequantize(images, "hashed")
-        got = sess.run(None, {"images": dequantized.numpy()})[0]
+        got = sess.run(None, {"images": dequantized.numpy()})[0].astype(np.float64)
         with torch.inference_mode():
-            want = flow.log_prob(images).numpy()
+            want = flow.log_prob(images).double().numpy()
+            want64 = exact.log_prob(images.double()).numpy()
         diff_bpd = float(np.abs(got - want).max() / (flow.num_dims * math.log(2)))
-        relative = float((np.abs(got - want) / np.abs(want)).max())
         report[f"{kind}_max_abs_diff_bits_per_dim"] = diff_bpd
-        report[f"{kind}_max_rel_diff_log_prob"] = relative
-        ok = relative <= SCORE_TOLERANCE_RELATIVE if kind == "random" else diff_bpd <= SCORE_TOLERANCE_BPD
-        if not ok:
-            raise RuntimeError(
-                f"{path.name}: {kind} inputs differ from torch by {diff_bpd:.2e} bits/dim "
-                f"({relative:.1e} relative)"
-            )
+        report[f"{kind}_max_rel_diff_log_prob"] = float((np.abs(got - want) / np.abs(want)).max())
+        if kind == "real" and diff_bpd > SCORE_TOLERANCE_BPD:
+            raise RuntimeError(f"{path.name}: real images differ from torch by {diff_bpd:.2e} bits/dim")
+        if kind == "random":
+            onnx_error = float((np.abs(got - want64) / np.abs(want64)).max())
+            torch_error = float((np.abs(want - want64) / np.abs(want64)).max())
+            report["random_max_rel_error_onnx_vs_float64"] = onnx_error
+            report["random_max_rel_error_torch_float32_vs_float64"] = torch_error
+            if onnx_error > max(SCORE_TOLERANCE_RELATIVE, 2 * torch_error):
+                raise RuntimeError(
+                    f"{path.name}: on noise images log p is {onnx_error:.1e} (relative) off a float64 pass, "
+                    f"torch float32 only {torch_error:.1e}"
+                )
     return report
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model import FlowConfig, build_flow, save_flow
-from model.export import EXPORTABLE, export_checkpoint, weights_digest
+from model.export import EXPORTABLE, _check_score, export_checkpoint, weights_digest
 from model.layers import dequantize
 from service.onnx_backend import load_onnx_passes
 
@@ -59,6 +59,18 @@ def test_graphs_from_other_weights_are_refused(tmp_path):
     tiny_checkpoint("glow", tmp_path / "m")  # same architecture, new weights
     with pytest.raises(RuntimeError, match="other weights"):
         load_onnx_passes(tmp_path / "m", torch.device("cpu"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("real", [False, True], ids=["noise-images", "real-images"])
+def test_a_score_graph_that_computes_something_else_fails_its_check(tmp_path, real):
+    """The check compares with torch (float32 and float64): a graph of other weights cannot pass."""
+    tiny_checkpoint("finc", tmp_path / "a")
+    other = tiny_checkpoint("finc", tmp_path / "b")
+    export_checkpoint(tmp_path / "a")
+    images = torch.randint(0, 256, (5, 1, 8, 8), generator=torch.Generator().manual_seed(3)) if real else None
+    with pytest.raises(RuntimeError, match="real images" if real else "noise images"):
+        _check_score(other.freeze(), tmp_path / "a" / "onnx" / "score.onnx", images)
 
 
 def test_a_checkpoint_without_graphs_has_no_onnx_passes(tmp_path):

@@ -19,7 +19,13 @@ import torch
 
 from model import load_flow
 from model.card import model_card
-from model.curves import CURVE_FILE, LOG_FILE, plot_learning_curve, read_training_log
+from model.curves import (
+    CURVE_FILE,
+    LOG_FILE,
+    plot_learning_curve,
+    read_training_log,
+    y_range_without_first_epoch,
+)
 from model.data import load_mnist
 from model.flow import MultiScaleFlow
 from model.train import LEGACY_LIVE_WEIGHTS, LEGACY_STATE_JSON, STATE_TENSORS, learning_rate, read_train_state
@@ -107,6 +113,15 @@ def test_plot_is_none_without_a_log(tmp_path):
     assert plot_learning_curve(tmp_path) is None
     (tmp_path / LOG_FILE).write_text(json.dumps({"epochs": [{"epoch": 1, "test_bits_per_dim": 2.0}]}))
     assert plot_learning_curve(tmp_path) == tmp_path / CURVE_FILE
+
+
+def test_the_curve_zooms_past_an_untrained_first_epoch_only():
+    records = [{"epoch": e, "test_bits_per_dim": v} for e, v in enumerate([8.6, 1.75, 1.6, 1.4], start=1)]
+    low, high = y_range_without_first_epoch(records, [(1, 3.0), (2, 1.8)])
+    assert low < 1.4 and 1.8 < high < 2.0  # every later point shows; the 8.6 is off the chart
+    assert y_range_without_first_epoch(records[:2], []) is None  # too few epochs to zoom
+    flat = [{"epoch": e, "test_bits_per_dim": v} for e, v in enumerate([2.0, 1.75, 1.6], start=1)]
+    assert y_range_without_first_epoch(flat, []) is None
 
 
 def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
