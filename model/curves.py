@@ -54,7 +54,12 @@ def plot_learning_curve(checkpoint: str | Path, title: str | None = None) -> Pat
     clipped = y_range_without_first_epoch(records, train)
     if clipped:
         ax.set_ylim(*clipped)
-        note = f"epoch {epochs[0]} ({records[0]['test_bits_per_dim']:.2f}) is above the chart"
+        first_test = records[0]["test_bits_per_dim"]
+        note = (
+            f"epoch {epochs[0]} (test {first_test:.2f}) is above the chart"
+            if first_test > clipped[1]
+            else f"epoch {epochs[0]}'s training mean is above the chart"
+        )
         ax.text(0.1, 0.93, note, transform=ax.transAxes, fontsize=8, color="gray", va="top")
     last = records[-1]
     ax.annotate(
