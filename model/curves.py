@@ -61,6 +61,9 @@ def plot_learning_curve(checkpoint: str | Path, title: str | None = None) -> Pat
             else f"epoch {epochs[0]}'s training mean is above the chart"
         )
         ax.text(0.1, 0.93, note, transform=ax.transAxes, fontsize=8, color="gray", va="top")
+    else:
+        low, high = ax.get_ylim()
+        ax.set_ylim(low - 0.06 * (high - low), high)  # room for the last value's label
     last = records[-1]
     ax.annotate(
         f"{last['test_bits_per_dim']:.3f}",
