@@ -23,6 +23,7 @@ from benchmarks.common import median_seconds, write_results
 from model import load_flow, read_config
 from model.data import load_dataset
 from model.malloc import tune_malloc
+from model.train import hardware_name
 
 # Published MNIST test bits/dim (uniform dequantisation) and model sizes, for the table's last column.
 PUBLISHED = {
@@ -91,9 +92,7 @@ def main() -> None:
         rows.append(measure(checkpoint, device, 3 if args.quick else 10))
         print(f"measured {checkpoint.name}", file=sys.stderr, flush=True)
     print(markdown(rows))
-    cpu = f"CPU, {torch.get_num_threads()} threads"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-    path = write_results(f"compare_architectures_{device.type}", rows, device=name)
+    path = write_results(f"compare_architectures_{device.type}", rows, device=hardware_name(device))
     print(f"\nwrote {path}")
 
 

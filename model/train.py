@@ -197,6 +197,14 @@ def _config_from_args(args: argparse.Namespace, data: ImageData) -> FlowConfig:
         ) from exc
 
 
+def hardware_name(device: torch.device) -> str:
+    """What ran the work, for logs, cards and benchmark tables: the GPU's name, or "CPU, N thread(s)"."""
+    if device.type != "cpu":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"CPU, {threads} thread{'s' if threads > 1 else ''}"
+
+
 def learning_rate(args: argparse.Namespace, step: int, total_steps: int, warmup_from: int = 0) -> float:
     """Linear warm-up over `--warmup-steps` (from step `warmup_from`: a fresh optimizer on trained weights),
     then constant or cosine decay to `lr * min_lr_ratio` at `total_steps`."""
@@ -311,9 +319,7 @@ def train(args: argparse.Namespace) -> Path:
             "test_bits_per_dim": test_bpd,
             "test_images": int(test_images.shape[0]),
             "num_parameters": flow.num_parameters(),
-            "device": f"CPU, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
-            if device.type == "cpu"
-            else torch.cuda.get_device_name(device),
+            "device": hardware_name(device),
             "train_seconds": round(meta["train_seconds"], 1),
             "commit": _commit(),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
