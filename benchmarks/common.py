@@ -55,6 +55,17 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (`platform.processor()` is empty on Linux, so read `/proc/cpuinfo` there):
+    results from two machines must say which ran them."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def write_results(name: str, rows: list[dict[str, Any]], directory: Path | None = None, **extra: Any) -> Path:
     """`{directory or benchmarks/results}/{name}.json` with the machine described."""
     directory = directory or RESULTS
@@ -65,7 +76,7 @@ def write_results(name: str, rows: list[dict[str, Any]], directory: Path | None 
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor(),
+            "processor": cpu_name(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

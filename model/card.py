@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     speeds: dict[str, dict[str, Any]] = {}
     if args.speed:
         result = json.loads(Path(args.speed).read_text())
-        speeds = {row["checkpoint"]: {**row, "device": result["device"]} for row in result["rows"]}
+        processor = result.get("machine", {}).get("processor")  # named in results written since 2026-11-30
+        device = f"{result['device']}, {processor}, {result['date'][:10]}" if processor else result["device"]
+        speeds = {row["checkpoint"]: {**row, "device": device} for row in result["rows"]}
     for name in args.checkpoints:
         checkpoint = Path(name)
         (checkpoint / "README.md").write_text(model_card(checkpoint, speeds.get(checkpoint.name)))

@@ -32,6 +32,7 @@ def test_solve_benchmark_dry_run_writes_results(tmp_path):
     (result,) = tmp_path.glob("solve_gpu_*.json")
     payload = json.loads(result.read_text())
     assert payload["device"] == "cpu (dry run)" and payload["targets"]
+    assert payload["machine"]["processor"]  # which CPU ran it (platform.processor() is empty on Linux)
     (row,) = payload["rows"]
     assert row["max_abs_diff_vs_torch"] < 1e-5 and row["ours_ms"] > 0
 

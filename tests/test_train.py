@@ -82,6 +82,7 @@ def test_training_writes_log_and_curve_and_checkpoints_polyak_weights(tmp_path, 
 
 
 def test_model_card_and_plot_cli_describe_a_trained_checkpoint(tmp_path, digits):
+    from benchmarks.common import write_results
     from model.card import main as card_main
     from model.evaluate import main as evaluate_main
 
@@ -93,7 +94,15 @@ def test_model_card_and_plot_cli_describe_a_trained_checkpoint(tmp_path, digits)
     card = (out / "README.md").read_text()
     bpd = read_training_log(out)[-1]["test_bits_per_dim"]
     assert f"**{bpd:.3f}**" in card and "Glow" in card and f"]({CURVE_FILE})" in card
-    assert "1 epochs, 5 steps of batch 32" in card
+    assert "1 epochs, 5 steps of batch 32" in card and "| speed" not in card
+
+    row = {"checkpoint": "run", "sample_100_ms": 12.5, "score_100_ms": 7.25}
+    speeds = write_results("compare_architectures_cpu", [row], tmp_path, device="CPU, 2 threads")
+    assert card_main([str(out), "--speed", str(speeds)]) == 0
+    lines = (out / "README.md").read_text().splitlines()
+    speed_line = next(line for line in lines if line.startswith("| speed"))
+    assert "100 samples in 12.5 ms, 100 images scored in 7.25 ms" in speed_line
+    assert speed_line.startswith("| speed (CPU, 2 threads, ")  # and the CPU's name and the date
 
 
 def test_init_from_continues_a_checkpoint_without_its_optimizer_state(tmp_path, digits):
