@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import median_seconds, write_results
 from model import load_flow, read_config
 from model.data import load_dataset
+from model.hardware import hardware_name
 from model.malloc import tune_malloc
-from model.train import hardware_name
 
 # Published MNIST test bits/dim (uniform dequantisation) and model sizes, for the table's last column.
 PUBLISHED = {

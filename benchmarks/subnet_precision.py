@@ -32,10 +32,11 @@ from benchmarks.common import print_table, write_results
 from model import load_flow
 from model.checkpoint import read_config
 from model.data import load_dataset
+from model.evaluate import evaluate_bits_per_dim
 from model.layers import subnets_in
 from model.malloc import tune_malloc
-from model.train import SUBNET_DTYPES, evaluate_bits_per_dim
 from model.train import main as train_main
+from model.training import SUBNET_DTYPES
 
 ARCHS = ("finc", "inverse_flow", "glow")
 

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["Architecture", "FlowConfig"]
 
 Architecture = Literal["glow", "finc", "inverse_flow"]
+Steps = Annotated[int, Field(ge=1, le=64)]
+Hidden = Annotated[int, Field(ge=4, le=2048)]
 
 
 class FlowConfig(BaseModel):
-    """A multi-scale flow: `levels` × (squeeze → `steps` flow steps → split), the last without split."""
+    """A multi-scale flow: `levels` × (squeeze → `steps` flow steps → split), the last without split.
+
+    `steps` and `hidden` are one value for every level, or one per level (finest first), so that a model
+    can grow where it is cheap: the coarser levels have a quarter of the pixels of the one before."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     arch: Architecture
     image_shape: tuple[int, int, int] = Field(description="(channels, height, width) of input images")
     levels: int = Field(2, ge=1, le=6)
-    steps: int = Field(8, ge=1, le=64, description="flow steps per level")
-    hidden: int = Field(128, ge=4, le=2048, description="coupling network width")
+    steps: Steps | tuple[Steps, ...] = Field(8, description="flow steps per level (or one per level)")
+    hidden: Hidden | tuple[Hidden, ...] = Field(128, description="coupling network width (or one per level)")
     kernel_size: int = Field(3, ge=2, le=11, description="k of the FInC / inverse convolutions")
     learn_diagonal: bool = True
     logit_alpha: float = Field(0.05, ge=0.0, lt=0.5)
@@ -30,6 +35,10 @@ class FlowConfig(BaseModel):
         c, h, w = self.image_shape
         if min(c, h, w) < 1:
             raise ValueError(f"image_shape must be positive, got {self.image_shape}")
+        for name in ("steps", "hidden"):
+            value = getattr(self, name)
+            if isinstance(value, tuple) and len(value) != self.levels:
+                raise ValueError(f"{name} has {len(value)} values for {self.levels} levels")
         factor = 2**self.levels
         if h % factor or w % factor:
             raise ValueError(
@@ -37,6 +46,12 @@ class FlowConfig(BaseModel):
                 f"{h}×{w} is not divisible by {factor}"
             )
         return self
+
+    def at_level(self, level: int) -> FlowConfig:
+        """This configuration with level `level`'s `steps` and `hidden` as plain numbers (what a step
+        builder reads)."""
+        pick = lambda v: v[level] if isinstance(v, tuple) else v  # noqa: E731
+        return self.model_copy(update={"steps": pick(self.steps), "hidden": pick(self.hidden)})
 
     @property
     def num_dims(self) -> int:

@@ -17,10 +17,30 @@ import torch
 from .checkpoint import load_flow, read_config
 from .curves import LOG_FILE, plot_learning_curve
 from .data import load_dataset
+from .flow import MultiScaleFlow
 from .images import save_grid
-from .train import evaluate_bits_per_dim
 
-__all__ = ["main", "throughput"]
+__all__ = ["evaluate_bits_per_dim", "main", "throughput"]
+
+EVAL_SEED = 12345  # the dequantisation noise of every evaluation: the same images, the same number
+
+
+@torch.no_grad()
+def evaluate_bits_per_dim(
+    flow: MultiScaleFlow, images: torch.Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
+) -> float:
+    """Mean test bits/dim with uniform dequantisation noise (seeded), the number papers report; float32
+    throughout, whatever precision training used."""
+    was_training = flow.training
+    flow.eval()
+    total, count = 0.0, 0
+    noise = torch.Generator(device=device).manual_seed(EVAL_SEED)
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size].to(device)
+        total += flow.bits_per_dim(batch, dequantization="uniform", generator=noise).sum().item()
+        count += batch.shape[0]
+    flow.train(was_training)
+    return total / count
 
 
 def _sync(device: torch.device) -> None:

@@ -46,6 +46,7 @@ def importance_weighted_log_prob(
 
 class _Level(nn.Module):
     def __init__(self, channels: int, config: FlowConfig, split: bool):
+        """`config`: this level's view (`FlowConfig.at_level`)."""
         super().__init__()
         self.squeeze = Squeeze()
         build = STEP_BUILDERS[config.arch]
@@ -64,7 +65,7 @@ class MultiScaleFlow(nn.Module):
         levels = []
         for i in range(config.levels):
             last = i == config.levels - 1
-            levels.append(_Level(channels, config, split=not last))
+            levels.append(_Level(channels, config.at_level(i), split=not last))
             channels = 4 * channels if last else (4 * channels) // 2
         self.levels = nn.ModuleList(levels)
 

@@ -14,7 +14,7 @@ from PIL import Image
 from model import CheckpointError, FlowConfig, build_flow, load_flow, read_config, save_flow
 from model.data import FASHION_MNIST_DIR, load_dataset, load_fashion_mnist, load_mnist, load_npy
 from model.train import main as train_main
-from model.train import read_train_state
+from model.training import read_train_state
 
 from .helpers import randomise_parameters
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -28,8 +28,8 @@ from model.curves import (
 )
 from model.data import load_mnist
 from model.flow import MultiScaleFlow
-from model.train import LEGACY_LIVE_WEIGHTS, LEGACY_STATE_JSON, STATE_TENSORS, learning_rate, read_train_state
 from model.train import main as train_main
+from model.training import STATE_TENSORS, Schedule, read_train_state
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +50,30 @@ def _args(out: Path, data: Path, *extra: str) -> list[str]:
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():
-    args = argparse.Namespace(lr=1e-3, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1)
-    lrs = [learning_rate(args, step, 110) for step in range(111)]
+    plan = Schedule(
+        lr=1e-3, kind="cosine", min_lr_ratio=0.1, warmup_steps=10, start_step=0, end_step=110, epochs=1
+    )
+    lrs = [plan.lr_at(step) for step in range(111)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert lrs[60] == pytest.approx(0.55e-3) and lrs[110] == pytest.approx(1e-4)
-    constant = argparse.Namespace(**{**vars(args), "lr_schedule": "constant"})
-    assert learning_rate(constant, 100, 110) == pytest.approx(1e-3)
+    constant = dataclasses.replace(plan, kind="constant")
+    assert constant.lr_at(100) == pytest.approx(1e-3)
+    # A continued run plans its own schedule from the step it starts at.
+    later = dataclasses.replace(plan, start_step=1000, end_step=1110)
+    assert [later.lr_at(1000 + s) for s in range(111)] == pytest.approx(lrs)
+    assert Schedule.from_dict(plan.to_dict()) == plan
+
+
+def test_the_schedule_is_planned_once_for_the_whole_run(tmp_path, digits):
+    """Stopping and resuming keeps the plan: the learning rates of an interrupted run are those of one
+    uninterrupted run, step for step."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train_main(_args(whole, digits, "--epochs", "3")) == 0
+    assert train_main(_args(parts, digits, "--epochs", "3", "--max-steps", "7")) == 0
+    assert train_main(_args(parts, digits, "--epochs", "3", "--resume")) == 0
+    assert read_train_state(parts).meta["schedule"] == read_train_state(whole).meta["schedule"]
+    assert [r["lr"] for r in read_training_log(parts)] == [r["lr"] for r in read_training_log(whole)]
 
 
 def test_training_writes_log_and_curve_and_checkpoints_polyak_weights(tmp_path, digits):
@@ -113,9 +130,10 @@ def test_init_from_continues_a_checkpoint_without_its_optimizer_state(tmp_path, 
     log = read_training_log(second)
     assert [r["epoch"] for r in log] == [1, 2, 3] and log[:2] == read_training_log(first)
     state = read_train_state(second).meta
-    assert state["global_step"] == 15 and state["warmup_from"] == 10
-    args = argparse.Namespace(lr=1e-3, warmup_steps=4, lr_schedule="constant", min_lr_ratio=0.1)
-    assert learning_rate(args, 10, 15, warmup_from=10) == pytest.approx(0.25e-3)
+    assert state["global_step"] == 15
+    plan = Schedule.from_dict(state["schedule"])  # warm-up again from where the checkpoint stood
+    assert (plan.start_step, plan.end_step, plan.warmup_steps) == (10, 15, 2)
+    assert plan.lr_at(10) == pytest.approx(plan.lr / 2)
 
 
 def test_plot_is_none_without_a_log(tmp_path):
@@ -195,22 +213,15 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_complete_state(tmp_path, d
     assert all(np.isfinite(r["test_bits_per_dim"]) for r in log)
 
 
-def test_runs_saved_in_the_earlier_three_file_layout_still_resume(tmp_path, digits):
+def test_a_state_without_run_metadata_is_refused_with_the_way_forward(tmp_path, digits, caplog):
     out = tmp_path / "run"
-    assert train_main(_args(out, digits, "--epochs", "1", "--ema-decay", "0.99")) == 0
-    saved = read_train_state(out)
-    # Rewrite the state as earlier versions did: optimizer tensors alone, meta and live weights beside.
+    assert train_main(_args(out, digits, "--epochs", "1")) == 0
     from safetensors.torch import save_file
 
+    saved = read_train_state(out)  # optimizer tensors alone, as no version of this code writes any more
     save_file({k: v.contiguous() for k, v in saved.optimizer.items()}, str(out / STATE_TENSORS))
-    (out / LEGACY_STATE_JSON).write_text(json.dumps(saved.meta))
-    save_file(saved.live, str(out / LEGACY_LIVE_WEIGHTS))
-    legacy = read_train_state(out)
-    assert legacy.meta == saved.meta and legacy.weights is None
-    assert all(torch.equal(legacy.live[k], v) for k, v in saved.live.items())
-    assert train_main(_args(out, digits, "--epochs", "2", "--ema-decay", "0.99", "--resume")) == 0
-    assert read_train_state(out).meta["epoch"] == 2  # saved in the one-file layout now
-    assert not (out / LEGACY_STATE_JSON).exists() and not (out / LEGACY_LIVE_WEIGHTS).exists()
+    assert train_main(_args(out, digits, "--epochs", "2", "--resume")) == 2
+    assert "has no run metadata" in caplog.text and "--init-from" in caplog.text
 
 
 def test_a_mid_epoch_stop_keeps_the_evaluated_checkpoint_and_resumes_from_the_state(tmp_path, digits):

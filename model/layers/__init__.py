@@ -2,7 +2,7 @@
 
 from .actnorm import ActNorm
 from .base import FlowLayer, FlowSequence, zero_logdet
-from .coupling import AffineCoupling, SubnetFactory, conv_subnet, subnets_in
+from .coupling import AffineCoupling, SubnetFactory, conv_subnet, subnets_channels_last, subnets_in
 from .finc import FInCConv2d, FInCUnit
 from .invconv1x1 import InvConv1x1
 from .inverse_conv import InverseConv2d, InverseConvUnit
@@ -30,6 +30,7 @@ __all__ = [
     "conv_subnet",
     "dequantize",
     "hashed_noise_samples",
+    "subnets_channels_last",
     "subnets_in",
     "zero_logdet",
 ]

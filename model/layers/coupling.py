@@ -3,10 +3,14 @@
 The network may run in bfloat16 (`subnets_in(torch.bfloat16)`, training's `--subnet-precision`): it only
 parameterises the transform, which stays float32, so the layer is still exactly invertible and its
 log-determinant exact for the function computed; the network's convolutions are most of a step's time.
+Its weights may be stored channels-last (`subnets_channels_last`), the layout oneDNN's convolutions run
+fastest in: the activations then stay channels-last through the network, and only its input and output
+change layout, once per coupling.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -16,7 +20,7 @@ from torch import nn
 
 from .base import FlowLayer
 
-__all__ = ["AffineCoupling", "SubnetFactory", "conv_subnet", "subnets_in"]
+__all__ = ["AffineCoupling", "SubnetFactory", "conv_subnet", "subnets_channels_last", "subnets_in"]
 
 SubnetFactory = Callable[[int, int], nn.Module]
 _SUBNET_DTYPE: ContextVar[torch.dtype | None] = ContextVar("subnet_dtype", default=None)
@@ -30,6 +34,17 @@ def subnets_in(dtype: torch.dtype | None) -> Iterator[None]:
         yield
     finally:
         _SUBNET_DTYPE.reset(token)
+
+
+def subnets_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Store the coupling networks' weights under `module` channels-last (or back to contiguous), in
+    place; the flow's own transforms keep their layout. Do it before building an optimizer: the moments
+    take the weights' layout."""
+    layout = torch.channels_last if enabled else torch.contiguous_format
+    for layer in module.modules():
+        if isinstance(layer, AffineCoupling):
+            layer.net.to(memory_format=layout)
+    return module
 
 
 class _ZeroConv2d(nn.Conv2d):
@@ -67,6 +82,9 @@ class AffineCoupling(FlowLayer):
 
     The sigmoid bounds the scale in (0, 1) (Glow), which keeps training stable; `+2` starts it near 0.88.
     """
+
+    # log σ(2): the log-scale of a fresh coupling, whose last convolution is zero.
+    INITIAL_LOG_SCALE = -math.log1p(math.exp(-2.0))
 
     def __init__(self, channels: int, hidden: int = 512, subnet: SubnetFactory | None = None):
         super().__init__()
