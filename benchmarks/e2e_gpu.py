@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print("needs a CUDA device", file=sys.stderr)
             return 2
-        if not kernels_cuda.load_cuda_kernels():
+        if kernels_cuda.prepare("cuda") != "cuda":
             print("warning: CUDA kernels unavailable; both columns run the torch reference", file=sys.stderr)
         device, n, repeats, kernels = "cuda", args.n, args.repeats, "auto"
         device_name, out = torch.cuda.get_device_name(), args.out

@@ -124,10 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import kernels_cuda
 
-        if not torch.cuda.is_available() or not kernels_cuda.load_cuda_kernels():
+        if not torch.cuda.is_available() or kernels_cuda.prepare("cuda") != "cuda":
             from kernels_cuda import cuda_backend
 
-            print(f"needs a GPU and the CUDA kernels: {cuda_backend.unavailable_reason()}", file=sys.stderr)
+            reason = cuda_backend.backend.unavailable_reason()
+            print(f"needs a GPU and the CUDA kernels: {reason}", file=sys.stderr)
             return 2
         cases = [(s, b) for s in SHAPES for b in BATCHES]
         reps, baseline, out = (10 if args.quick else 50), load_baseline(), args.out

@@ -2,7 +2,8 @@
 
 `tl_conv2d` is `A x` (cuDNN / ATen conv), `tl_conv2d_solve` is `A⁻¹ y` and `tl_conv2d_solve_transposed`
 is `A⁻ᵀ g`; both solves are differentiable in their input and weight. The backend is chosen per call
-(`backend=` or `FLOWS_KERNELS=torch|cuda|cuda_host|auto`); `kernels_cuda.reference` is the exact oracle.
+(`backend=` or `FLOWS_KERNELS=cuda|cpu|cuda_host|torch|auto`, registry in `dispatch.py`);
+`kernels_cuda.reference` is the exact oracle.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import torch
 
 from . import reference
 from .autograd import SolveFunction, SolveTransposedFunction
-from .dispatch import BACKENDS, cuda_kernels_available, load_cuda_kernels, resolve_backend
+from .dispatch import BACKENDS, REGISTRY, prepare, resolve_backend, serving_backend
 from .reference import tl_conv2d
 
 __all__ = [
     "BACKENDS",
-    "cuda_kernels_available",
-    "load_cuda_kernels",
+    "REGISTRY",
+    "prepare",
     "reference",
     "resolve_backend",
+    "serving_backend",
     "tl_conv2d",
     "tl_conv2d_solve",
     "tl_conv2d_solve_transposed",

@@ -15,17 +15,9 @@ import torch
 
 from .build import build_kernels
 from .folding import Problem, prepare
-from .loader import LibraryLoader
+from .loader import CompiledBackend
 
-__all__ = [
-    "KernelError",
-    "available",
-    "load",
-    "loaded",
-    "tl_conv2d_solve",
-    "tl_conv2d_solve_transposed",
-    "unavailable_reason",
-]
+__all__ = ["KernelError", "backend", "tl_conv2d_solve", "tl_conv2d_solve_transposed"]
 
 _I64 = ctypes.c_int64
 _SOLVE_ARGS = [ctypes.c_void_p] * 4 + [_I64] * 8 + [ctypes.c_void_p]
@@ -50,41 +42,23 @@ def _bind(lib: ctypes.CDLL) -> None:
         raise OSError(f"kernel library ABI {lib.flows_abi_version()} is not the expected 2 (stale build?)")
 
 
-_loader = LibraryLoader("CUDA kernels", build_kernels, _bind, _precondition)
-
-
-def load(retry: bool = True) -> bool:
-    """Build (or find in the cache) and load the kernels now; True when they are usable."""
-    return _loader.load(retry) is not None
-
-
-def loaded() -> bool:
-    """True when the kernels are loaded; unlike `available()`, never starts a build."""
-    return _loader.loaded
-
-
-def available() -> bool:
-    """True when a CUDA device is present and the kernel library is loaded (first call: builds it)."""
-    return _loader.get() is not None
-
-
-def unavailable_reason() -> str | None:
-    return _loader.reason
+backend = CompiledBackend("CUDA kernels", build_kernels, _bind, _precondition)
 
 
 @functools.lru_cache(maxsize=256)
 def _workspace_elems(args: tuple[int, ...], elem_bytes: int, device: int) -> int:
     """Global workspace a call needs (0 when the plane fits in shared memory); per shape and device."""
-    lib = _loader.get()
+    lib = backend.library()
     batch, groups, cg, h, w, k, _ = args
     with torch.cuda.device(device):
         return lib.flows_tl_workspace_elems(batch, groups, cg, h, w, k, elem_bytes, -1)
 
 
 def _launch(p: Problem) -> torch.Tensor:
-    lib = _loader.get()
-    if lib is None:
-        raise KernelError(unavailable_reason() or "CUDA kernels unavailable")
+    try:
+        lib = backend.library()
+    except RuntimeError as exc:
+        raise KernelError(str(exc)) from None
     rhs = p.rhs
     if not rhs.is_cuda:
         raise ValueError("the CUDA kernels need CUDA tensors")

@@ -20,9 +20,9 @@ import torch
 
 from .build import build_host_driver
 from .folding import prepare
-from .loader import LibraryLoader
+from .loader import CompiledBackend
 
-__all__ = ["DEFAULT_FAST_LIMIT", "available", "solve", "tl_conv2d_solve", "tl_conv2d_solve_transposed"]
+__all__ = ["DEFAULT_FAST_LIMIT", "backend", "solve", "tl_conv2d_solve", "tl_conv2d_solve_transposed"]
 
 DEFAULT_FAST_LIMIT = 227 * 1024
 _I64 = ctypes.c_int64
@@ -36,16 +36,7 @@ def _bind(lib: ctypes.CDLL) -> None:
         fn.argtypes, fn.restype = _ARGS, ctypes.c_int
 
 
-_loader = LibraryLoader("host driver of the CUDA kernels", build_host_driver, _bind)
-
-
-def available() -> bool:
-    """True when the host driver is compiled (first call: g++, a few seconds) and loaded."""
-    return _loader.get() is not None
-
-
-def unavailable_reason() -> str | None:
-    return _loader.reason
+backend = CompiledBackend("host driver of the CUDA kernels", build_host_driver, _bind)
 
 
 def solve(
@@ -58,9 +49,7 @@ def solve(
     threads: int = 1,
 ) -> torch.Tensor:
     """One solve through the host driver; `seed` picks the item order (default: a new one every call)."""
-    lib = _loader.get()
-    if lib is None:
-        raise RuntimeError(unavailable_reason() or "host driver unavailable")
+    lib = backend.library()
     if rhs.device.type != "cpu":
         raise ValueError(f"backend 'cuda_host' runs on CPU tensors, got {rhs.device}")
     p = prepare(rhs, weight, groups, transposed)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["LibraryLoader"]
+__all__ = ["CompiledBackend", "LibraryLoader"]
 
 log = logging.getLogger("kernels_cuda")
 
@@ -72,3 +72,40 @@ class LibraryLoader:
     def reason(self) -> str | None:
         """Why the library is not loaded (None when it is, or before the first attempt)."""
         return self._reason
+
+
+class CompiledBackend:
+    """A solve backend whose ops live in a compiled library: the availability questions every such
+    backend answers, over one `LibraryLoader`."""
+
+    def __init__(
+        self,
+        name: str,
+        build: Callable[[], Path],
+        bind: Callable[[ctypes.CDLL], None],
+        precondition: Callable[[], str | None] = lambda: None,
+    ):
+        self.name = name
+        self.loader = LibraryLoader(name, build, bind, precondition)
+
+    def available(self) -> bool:
+        """True when the library is loaded (the first call builds or finds it)."""
+        return self.loader.get() is not None
+
+    def loaded(self) -> bool:
+        """True when the library is loaded; unlike `available()`, never starts a build."""
+        return self.loader.loaded
+
+    def load(self, retry: bool = True) -> bool:
+        """Build (or find in the cache) and load now, retrying a remembered failure; True when usable."""
+        return self.loader.load(retry) is not None
+
+    def unavailable_reason(self) -> str | None:
+        return self.loader.reason
+
+    def library(self) -> ctypes.CDLL:
+        """The loaded library; RuntimeError with the reason when it cannot be used."""
+        lib = self.loader.get()
+        if lib is None:
+            raise RuntimeError(self.loader.reason or f"{self.name} unavailable")
+        return lib

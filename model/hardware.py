@@ -7,29 +7,15 @@ choices ask `native_bfloat16` first.
 
 from __future__ import annotations
 
-import functools
 import platform
-from pathlib import Path
 
 import torch
+
+from kernels_cuda.cpu_features import cpu_flags
 
 __all__ = ["cpu_flags", "hardware_name", "native_bfloat16"]
 
 _BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 (cpuinfo "flags"), Arm (cpuinfo "Features")
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
 
 
 def native_bfloat16(device: torch.device | str) -> bool:

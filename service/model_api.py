@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 import kernels_cuda
-from kernels_cuda import cuda_backend
 from model import MultiScaleFlow, load_flow, read_config
 from model.flow import importance_weighted_log_prob
 from model.layers.preprocess import hashed_noise
@@ -30,17 +29,13 @@ log = logging.getLogger("service.model")
 SOLVE_PASS = {"finc": "sample", "inverse_flow": "score"}
 
 
-def prepare_kernels(device: torch.device) -> bool:
-    """At start-up, never in a request: build (or load the cached) CUDA solve kernels for a CUDA device.
-    A failure is logged once (kernels_cuda/loader.py) and the torch path serves, shown as `torch:cuda` in
-    `/models`; it is retried at the next start-up (or by `kernels_cuda.load_cuda_kernels()`), never by a
-    request."""
-    if device.type != "cuda":
-        return False
-    ok = kernels_cuda.load_cuda_kernels(retry=True)
-    if ok:
-        log.info("CUDA solve kernels loaded: solves run as torch:cuda+kernels")
-    return ok
+def prepare_kernels(device: torch.device) -> str:
+    """At start-up, never in a request: build (or load the cached) solve library for the device. A failure
+    is logged once (kernels_cuda/loader.py) and the torch reference serves, as `/models` shows; it is
+    retried at the next start-up, never by a request."""
+    backend = kernels_cuda.prepare(device)
+    log.info("triangular solves on %s run on kernel backend %r", device, backend)
+    return backend
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -232,9 +227,5 @@ class ServedModel:
         if self.use_onnx.get(name):
             return f"onnxruntime:{self.onnx[name].provider}"
         solves = SOLVE_PASS.get(self.flow.config.arch) == name
-        if solves and self.device.type == "cuda" and cuda_backend.loaded():
-            # What dispatch picks for this device (FLOWS_KERNELS=torch forces the reference).
-            probe = torch.empty(0, device=self.device)
-            if kernels_cuda.resolve_backend(probe) == "cuda":
-                return "torch:cuda+kernels"
-        return f"torch:{self.device.type}"
+        kernel = kernels_cuda.serving_backend(self.device) if solves else "torch"
+        return f"torch:{self.device.type}" + ("" if kernel == "torch" else f"+solve:{kernel}")

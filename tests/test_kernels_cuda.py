@@ -119,5 +119,5 @@ def test_cuda_solve_gradients_pass_gradcheck(op):
 def test_auto_backend_uses_the_kernels_for_cuda_tensors():
     import kernels_cuda
 
-    assert kernels_cuda.cuda_kernels_available()
+    assert kernels_cuda.prepare("cuda") == "cuda"
     assert kernels_cuda.resolve_backend(torch.zeros(1, device="cuda")) == "cuda"

@@ -1,6 +1,7 @@
 """The triangular-convolution ops against dense linear algebra (docs/math.md §4), on every CPU backend:
-`torch` (the reference) and `cuda_host` (the CUDA kernel's own item functions run by the g++ host driver,
-so this whole grid checks the kernel source on every CI run)."""
+`torch` (the reference), `cpu` (the native CPU solve, the default for CPU tensors) and `cuda_host` (the
+CUDA kernel's own item functions run by the g++ host driver, so this whole grid checks the kernel source
+on every CI run)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ from kernels_cuda.build import find_cxx
 
 from .helpers import dense_conv_matrix, masked_weight
 
-CPU_BACKENDS = [
-    "torch",
-    pytest.param("cuda_host", marks=pytest.mark.skipif(find_cxx() is None, reason="no C++ compiler")),
-]
+_NO_CXX = pytest.mark.skipif(find_cxx() is None, reason="no C++ compiler")
+CPU_BACKENDS = ["torch", pytest.param("cpu", marks=_NO_CXX), pytest.param("cuda_host", marks=_NO_CXX)]
 
 
 @pytest.fixture(params=CPU_BACKENDS)
@@ -118,7 +117,9 @@ def test_backend_is_chosen_per_call(monkeypatch):
     monkeypatch.setenv("FLOWS_KERNELS", "torch")
     assert kernels_cuda.resolve_backend(x) == "torch"
     monkeypatch.setenv("FLOWS_KERNELS", "auto")
-    assert kernels_cuda.resolve_backend(x) == "torch"  # CPU tensors always run the reference
+    native = find_cxx() is not None
+    assert kernels_cuda.resolve_backend(x) == ("cpu" if native else "torch")  # native solve when built
+    assert kernels_cuda.serving_backend("cpu") == kernels_cuda.resolve_backend(x)
     monkeypatch.setenv("FLOWS_KERNELS", "nonsense")
     with pytest.raises(ValueError, match="unknown kernel backend"):
         kernels_cuda.resolve_backend(x)

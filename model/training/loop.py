@@ -155,7 +155,7 @@ class Trainer:
                 f"{start_from} models {flow.config.image_shape} images, dataset {self.data.name!r} has "
                 f"{self.data.image_shape}"
             )
-        log.info("%s from %s", "resuming" if resuming else "starting from the weights of", start_from)
+        log.info("%s %s", "resuming from" if resuming else "starting from the weights of", start_from)
         return flow
 
     def _progress(self, saved: TrainState | None, start_from: Path | None) -> Progress:
