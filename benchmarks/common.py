@@ -7,8 +7,11 @@ import platform
 import re
 import socket
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,19 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> floa
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+@contextmanager
+def busy_core() -> Iterator[None]:
+    """Another process spinning on one core for the duration: how a shared machine (a noisy neighbour, a
+    second job) looks to the measured code."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # let the scheduler place it
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def free_port() -> int:
