@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from .architectures import ARCHITECTURES, get_architecture
 
 __all__ = ["Architecture", "FlowConfig"]
 
-Architecture = Literal["glow", "finc", "inverse_flow"]
+
+def _registered(name: str) -> str:
+    get_architecture(name)  # raises ValueError naming the registered architectures
+    return name
+
+
+# The name of a registered architecture (model/architectures), as checkpoints store it.
+Architecture = Annotated[str, AfterValidator(_registered)]
 
 
 class FlowConfig(BaseModel):
@@ -37,6 +46,11 @@ class FlowConfig(BaseModel):
                 f"{h}×{w} is not divisible by {factor}"
             )
         return self
+
+    @staticmethod
+    def architectures() -> list[str]:
+        """The names `arch` accepts: the registered architectures (model/architectures)."""
+        return list(ARCHITECTURES)
 
     @property
     def num_dims(self) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .architectures import STEP_BUILDERS
+from .architectures import get_architecture
 from .config import FlowConfig
 from .layers import InvConv1x1, LogitTransform, Split, Squeeze, dequantize, hashed_noise_samples
 from .layers.preprocess import Dequantization
@@ -48,7 +48,7 @@ class _Level(nn.Module):
     def __init__(self, channels: int, config: FlowConfig, split: bool):
         super().__init__()
         self.squeeze = Squeeze()
-        build = STEP_BUILDERS[config.arch]
+        build = get_architecture(config.arch).build_step
         self.steps = nn.ModuleList(build(4 * channels, config) for _ in range(config.steps))
         self.split = Split(4 * channels) if split else None
 

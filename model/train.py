@@ -447,7 +447,7 @@ def train(args: argparse.Namespace) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
-    p.add_argument("--arch", choices=["glow", "finc", "inverse_flow"], default="finc")
+    p.add_argument("--arch", choices=FlowConfig.architectures(), default="finc")
     p.add_argument(
         "--dataset", default="mnist", help="mnist, fashion-mnist, a folder of images or a .npy file"
     )

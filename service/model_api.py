@@ -18,6 +18,7 @@ import torch
 import kernels_cuda
 from kernels_cuda import cuda_backend
 from model import MultiScaleFlow, load_flow, read_config
+from model.architectures import get_architecture
 from model.flow import importance_weighted_log_prob
 from model.layers.preprocess import hashed_noise
 
@@ -26,8 +27,6 @@ from .onnx_backend import OnnxPass, load_onnx_passes
 __all__ = ["ServedModel", "prepare_kernels", "resolve_device", "resolve_threads"]
 
 log = logging.getLogger("service.model")
-# The pass of each architecture that runs the triangular solve (the others are convolutions only).
-SOLVE_PASS = {"finc": "sample", "inverse_flow": "score"}
 
 
 def prepare_kernels(device: torch.device) -> bool:
@@ -231,7 +230,7 @@ class ServedModel:
     def _backend_label(self, name: str) -> str:
         if self.use_onnx.get(name):
             return f"onnxruntime:{self.onnx[name].provider}"
-        solves = SOLVE_PASS.get(self.flow.config.arch) == name
+        solves = get_architecture(self.flow.config.arch).solve_pass == name
         if solves and self.device.type == "cuda" and cuda_backend.loaded():
             # What dispatch picks for this device (FLOWS_KERNELS=torch forces the reference).
             probe = torch.empty(0, device=self.device)
