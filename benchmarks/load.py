@@ -58,7 +58,8 @@ from benchmarks.common import free_port, print_table, write_results
 from model.data import load_mnist
 from model.images import encode_png
 from model.malloc import tune_malloc
-from service.model_api import ServedModel, resolve_threads
+from service.model_api import ServedModel
+from service.runtime import resolve_threads
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -315,7 +316,7 @@ class RawModel:
         model = self.model
         images = model.decode(model.draw_latents(batch, 1.0, 0))
         latents = model.draw_latents(batch, 1.0, 1)
-        fn = (lambda: model.decode(latents)) if op == "sample" else (lambda: model.score(images))
+        fn = (lambda: model.decode(latents)) if op == "sample" else (lambda: model.logprob(images))
         with torch.inference_mode():
             for _ in range(3):
                 fn()

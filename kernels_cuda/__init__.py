@@ -20,10 +20,21 @@ __all__ = [
     "load_cuda_kernels",
     "reference",
     "resolve_backend",
+    "serving_backend",
     "tl_conv2d",
     "tl_conv2d_solve",
     "tl_conv2d_solve_transposed",
 ]
+
+
+def serving_backend(device: torch.device) -> str:
+    """The backend that serves solves on `device` now (`torch`, `cuda` or `cuda_host`): what dispatch picks
+    for a tensor there, `FLOWS_KERNELS` included; `cuda` only once the kernels are loaded (never builds)."""
+    from . import cuda_backend
+
+    if device.type == "cuda" and not cuda_backend.loaded():
+        return "torch"
+    return resolve_backend(torch.empty(0, device=device))
 
 
 def tl_conv2d_solve(

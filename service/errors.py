@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
     "BadRequest",
+    "BatchFailed",
     "DeadlineExceeded",
     "InvalidImage",
     "NotReady",
@@ -79,6 +80,10 @@ class NotReady(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     status, code = 504, "deadline_exceeded"
+
+
+class BatchFailed(ServiceError):
+    status, code = 500, "inference_failed"
 
 
 def error_body(status: int, code: str, message: str, request_id: str | None) -> dict:

@@ -22,6 +22,7 @@ from ..latent_schemas import (
     InterpolationEndpoint,
 )
 from ..latentio import images_payload, latents_payload, latents_to_tensors
+from ..operations import EncodeInput, LatentsInput
 from ..registry import ServedEntry
 from ..schemas import error_responses
 from ..state import AppState, Authorized, ReadyState
@@ -57,7 +58,9 @@ def _raw_response(request: Request, images: torch.Tensor, model: str) -> Respons
 async def _decode(
     request: Request, state: AppState, entry: ServedEntry, latents: list[torch.Tensor]
 ) -> BatchResult:
-    result = await until_disconnect(request, entry.sample.submit(latents, state.settings.request_timeout_s))
+    result = await until_disconnect(
+        request, entry.sample.submit(LatentsInput(tuple(latents)), state.settings.request_timeout_s)
+    )
     state.metrics.images_generated.labels(model=entry.model.name).inc(latents[0].shape[0])
     return result
 
@@ -92,9 +95,9 @@ async def encode(body: EncodeRequest, request: Request, state: ReadyState, _: Au
     images = images_to_tensor(body.images, entry.model.image_shape, labels)
     hashed = torch.full((len(body.images),), body.dequantization == "hashed")
     result = await until_disconnect(
-        request, entry.encode.submit([images, hashed], settings.request_timeout_s)
+        request, entry.encode.submit(EncodeInput(images, hashed), settings.request_timeout_s)
     )
-    latents, log_det, log_prob = entry.model.unpack_encoded(result.output)
+    encoded = result.output
     request.state.log.update(model=entry.model.name, images=len(body.images))
     return json_response(
         EncodeResponse(
@@ -103,9 +106,9 @@ async def encode(body: EncodeRequest, request: Request, state: ReadyState, _: Au
             format=body.format,
             dequantization=body.dequantization,
             latent_shapes=[list(s) for s in entry.model.flow.latent_shapes()],
-            latents=latents_payload(latents, body.format),
-            log_det=log_det.tolist(),
-            log_prob=log_prob.tolist(),
+            latents=latents_payload(list(encoded.latents), body.format),
+            log_det=encoded.log_det.tolist(),
+            log_prob=encoded.log_prob.tolist(),
             timings=timings(started, [result]),
         )
     )
@@ -144,11 +147,10 @@ async def _endpoint_latents(
     )
     hashed = torch.tensor([ends[name].dequantization == "hashed" for name in with_images])
     result = await until_disconnect(
-        request, entry.encode.submit([images, hashed], state.settings.request_timeout_s)
+        request, entry.encode.submit(EncodeInput(images, hashed), state.settings.request_timeout_s)
     )
-    latents, _, _ = entry.model.unpack_encoded(result.output)
     for i, name in enumerate(with_images):
-        out[name] = [z[i : i + 1] for z in latents]
+        out[name] = [z[i : i + 1] for z in result.output.latents]
     return out, [result]
 
 

@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 
 from ..errors import BadRequest, ServiceError
 from ..imageio import images_to_tensor
+from ..operations import LogProbInput
 from ..schemas import (
     MAX_DEQUANTIZATION_SAMPLES,
     ImageScore,
@@ -129,10 +130,9 @@ async def logprob(request: Request, state: ReadyState, _: Authorized) -> Respons
     images = images_to_tensor(items, entry.model.image_shape, labels)
     counts = torch.full((len(items),), samples, dtype=torch.int64)
     result = await until_disconnect(
-        request, entry.logprob.submit([images, counts], settings.request_timeout_s)
+        request, entry.logprob.submit(LogProbInput(images, counts), settings.request_timeout_s)
     )
-    log_prob = result.output
-    bpd = entry.model.bits_per_dim(log_prob)
+    scores = result.output
     state.metrics.images_scored.labels(model=entry.model.name).inc(len(items))
     request.state.log.update(model=entry.model.name, images=len(items), dequantization_samples=samples)
     return json_response(
@@ -142,7 +142,7 @@ async def logprob(request: Request, state: ReadyState, _: Authorized) -> Respons
             dequantization_samples=samples,
             results=[
                 ImageScore(log_prob=lp, bits_per_dim=b)
-                for lp, b in zip(log_prob.tolist(), bpd.tolist(), strict=True)
+                for lp, b in zip(scores.log_prob.tolist(), scores.bits_per_dim.tolist(), strict=True)
             ],
             timings=timings(started, [result]),
         )

@@ -8,6 +8,7 @@ import time
 from fastapi import APIRouter, Request
 
 from ..latentio import images_payload
+from ..operations import LatentsInput
 from ..schemas import MAX_SEED, SampleRequest, SampleResponse, error_responses
 from ..state import Authorized, ReadyState
 from .common import check_sample_count, json_response, raw_images_response, timings, until_disconnect
@@ -36,7 +37,9 @@ async def sample(body: SampleRequest, request: Request, state: ReadyState, _: Au
     check_sample_count(body.num_samples, "num_samples", settings)
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     latents = entry.model.draw_latents(body.num_samples, body.temperature, seed)
-    result = await until_disconnect(request, entry.sample.submit(latents, settings.request_timeout_s))
+    result = await until_disconnect(
+        request, entry.sample.submit(LatentsInput(tuple(latents)), settings.request_timeout_s)
+    )
     images = result.output
     state.metrics.images_generated.labels(model=entry.model.name).inc(body.num_samples)
     request.state.log.update(model=entry.model.name, images=body.num_samples, seed=seed)
