@@ -39,10 +39,16 @@ log = logging.getLogger("service.errors")
 
 
 class ServiceError(Exception):
-    """Base class: a class-level HTTP status and stable code; the message is shown to the client."""
+    """Base class: a class-level HTTP status and stable code, given as class arguments
+    (`class X(ServiceError, status=..., code=...)`); the message is shown to the client."""
 
     status: int = 500
     code: str = "internal_error"
+
+    def __init_subclass__(cls, status: int | None = None, code: str | None = None, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status = cls.status if status is None else status
+        cls.code = cls.code if code is None else code
 
     def __init__(self, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -58,75 +64,69 @@ class _Retryable(ServiceError):
 
 
 # -- 4xx: the request ---------------------------------------------------------------------------------
-class BadRequest(ServiceError):
-    status, code = 400, "bad_request"
+class BadRequest(ServiceError, status=400, code="bad_request"):
+    """A body that cannot be parsed as what its content type says (malformed multipart, no files)."""
 
 
-class Unauthorized(ServiceError):
-    status, code = 401, "unauthorized"
+class Unauthorized(ServiceError, status=401, code="unauthorized"):
+    """A missing or wrong `X-API-Key` on a server that has a key."""
 
 
-class UnknownModel(ServiceError):
-    status, code = 404, "unknown_model"
+class UnknownModel(ServiceError, status=404, code="unknown_model"):
+    """A model name the server does not hold."""
 
 
-class PayloadTooLarge(ServiceError):
-    status, code = 413, "payload_too_large"
+class PayloadTooLarge(ServiceError, status=413, code="payload_too_large"):
+    """A body over `max_body_bytes` (refused by the request middleware before it is read in full)."""
 
 
-class UnsupportedMediaType(ServiceError):
-    status, code = 415, "unsupported_media_type"
+class UnsupportedMediaType(ServiceError, status=415, code="unsupported_media_type"):
+    """/logprob takes JSON or multipart bodies only."""
 
 
-class InvalidImage(ServiceError):
-    status, code = 422, "invalid_image"
+class InvalidImage(ServiceError, status=422, code="invalid_image"):
+    """An image that does not decode, or not to the model's shape and the pixel range; names the image."""
 
 
-class InvalidLatents(ServiceError):
-    status, code = 422, "invalid_latents"
+class InvalidLatents(ServiceError, status=422, code="invalid_latents"):
+    """Latents that are not one array per level of the model's latent shapes; names the level."""
 
 
-class TooManyImages(ServiceError):
-    status, code = 422, "too_many_images"
+class TooManyImages(ServiceError, status=422, code="too_many_images"):
+    """More images in one request than the server's per-request limits (service/limits.py)."""
 
 
-class ClientDisconnected(ServiceError):
+class ClientDisconnected(ServiceError, status=499, code="client_closed_request"):
     """The client went away before its result was ready (nginx's 499; nobody reads the answer)."""
-
-    status, code = 499, "client_closed_request"
 
 
 # -- 5xx: the server ----------------------------------------------------------------------------------
-class BatchFailed(ServiceError):
-    status, code = 500, "inference_failed"
+class BatchFailed(ServiceError, status=500, code="inference_failed"):
+    """The batch this request was in raised; the details are in the server log only."""
 
 
-class Overloaded(_Retryable):
+class Overloaded(_Retryable, code="overloaded"):
     """The queue is full, or the request would expire in it; the status (503 or 429) is configurable."""
-
-    code = "overloaded"
 
     def __init__(self, message: str, status: int = 503, retry_after_s: int = 1):
         super().__init__(message, retry_after_s)
         self.status = status
 
 
-class NotReady(ServiceError):
-    status, code = 503, "not_ready"
+class NotReady(ServiceError, status=503, code="not_ready"):
+    """Loading, warming up or shutting down."""
 
 
 class ReplicaNotReady(NotReady):
     """A Ray Serve replica's health check while its app is loading, warming up or draining."""
 
 
-class ReplicaUnavailable(_Retryable):
+class ReplicaUnavailable(_Retryable, status=503, code="replica_unavailable"):
     """Ray Serve's proxy got no response at all: the replica serving the request stopped."""
 
-    status, code = 503, "replica_unavailable"
 
-
-class DeadlineExceeded(ServiceError):
-    status, code = 504, "deadline_exceeded"
+class DeadlineExceeded(ServiceError, status=504, code="deadline_exceeded"):
+    """The request's deadline passed while it was queued."""
 
 
 # -- the body -----------------------------------------------------------------------------------------

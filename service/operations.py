@@ -139,7 +139,8 @@ class Sample(_ModelOperation[LatentsInput, torch.Tensor]):
 
 @dataclass(frozen=True)
 class LogProbInput:
-    """Images to score: `uint8 (N, C, H, W)`, and K of the importance-weighted bound per image (int64)."""
+    """Images to score: `uint8 (N, C, H, W)`, and K of the importance-weighted bound per image (int64):
+    requests with different K share a batch, which runs one pass per distinct K."""
 
     images: torch.Tensor
     samples: torch.Tensor
@@ -154,7 +155,8 @@ class Scores:
 
 
 class LogProb(_ModelOperation[LogProbInput, Scores]):
-    """Images → their `Scores` (POST /logprob)."""
+    """Images → their `Scores` (POST /logprob), on the density backend the model chose for its `score`
+    pass (torch or onnxruntime)."""
 
     name = "logprob"
 
