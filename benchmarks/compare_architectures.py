@@ -57,7 +57,7 @@ def measure(checkpoint: Path, device: torch.device, repeats: int) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    """The comparison as a Markdown table (the README embeds it)."""
+    """The comparison as a Markdown table (docs/performance.md embeds it)."""
     head = "| checkpoint | params | L×K, hidden | test bits/dim | epochs | min/epoch (hardware) | "
     head += "sample 100 | score 100 | published |\n"
     head += "| --- | ---: | --- | ---: | ---: | --- | ---: | ---: | --- |"

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     speeds: dict[str, dict[str, Any]] = {}
     if args.speed:
         result = json.loads(Path(args.speed).read_text())
-        processor = result.get("machine", {}).get("processor")  # named in results written since 2026-11-30
+        processor = result.get("machine", {}).get("processor")  # absent from results of older benchmarks
         device = f"{result['device']}, {processor}, {result['date'][:10]}" if processor else result["device"]
         speeds = {row["checkpoint"]: {**row, "device": device} for row in result["rows"]}
     for name in args.checkpoints:

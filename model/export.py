@@ -46,7 +46,7 @@ log = logging.getLogger("model.export")
 OPSET = 18
 # float32 graphs reorder sums: ~1e-6 relative error in log p. On real images that is ~1e-4 bits/dim;
 # random noise images reach |log p| ~1e4–1e13 nats, where float32 is off by up to ~1e-4 relative in torch
-# as in the graph (the 34-epoch FInC: 7.0e-5 torch, 7.2e-5 ONNX, 1.4e-4 apart, against float64), so there
+# as in the graph (a FInC model: 7.0e-5 torch, 7.2e-5 ONNX, 1.4e-4 apart, against float64), so there
 # the graph is held to torch's own float32 error against a float64 pass, at least this bound.
 SCORE_TOLERANCE_BPD = 1e-3
 SCORE_TOLERANCE_RELATIVE = 5e-5
