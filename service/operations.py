@@ -27,6 +27,7 @@ __all__ = [
     "LatentsInput",
     "LogProb",
     "LogProbInput",
+    "ModelOperation",
     "Operation",
     "Sample",
     "Scores",
@@ -115,7 +116,9 @@ class Operation(Generic[In, Out]):
         return concat_rows(outputs)
 
 
-class _ModelOperation(Operation[In, Out]):
+class ModelOperation(Operation[In, Out]):
+    """An operation of one served model (what `OPERATIONS` holds: built once per model)."""
+
     def __init__(self, model: ServedModel):
         self.model = model
 
@@ -127,7 +130,7 @@ class LatentsInput:
     latents: tuple[torch.Tensor, ...]
 
 
-class Sample(_ModelOperation[LatentsInput, torch.Tensor]):
+class Sample(ModelOperation[LatentsInput, torch.Tensor]):
     """Latents → `uint8` images `(N, C, H, W)`. Serves /sample, /decode and /interpolate: all three
     decode latents, so their requests share batches."""
 
@@ -154,7 +157,7 @@ class Scores:
     bits_per_dim: torch.Tensor
 
 
-class LogProb(_ModelOperation[LogProbInput, Scores]):
+class LogProb(ModelOperation[LogProbInput, Scores]):
     """Images → their `Scores` (POST /logprob), on the density backend the model chose for its `score`
     pass (torch or onnxruntime)."""
 
@@ -173,7 +176,7 @@ class EncodeInput:
     hashed: torch.Tensor
 
 
-class Encode(_ModelOperation[EncodeInput, Encoding]):
+class Encode(ModelOperation[EncodeInput, Encoding]):
     """Images → latents per level and log-dets (POST /encode, and /interpolate's image ends)."""
 
     name = "encode"
@@ -183,4 +186,4 @@ class Encode(_ModelOperation[EncodeInput, Encoding]):
 
 
 # The operations every served model gets a batcher for (`ServedEntry` has one field per name).
-OPERATIONS: tuple[type[_ModelOperation], ...] = (Sample, LogProb, Encode)
+OPERATIONS: tuple[type[ModelOperation], ...] = (Sample, LogProb, Encode)

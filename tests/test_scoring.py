@@ -50,7 +50,8 @@ def test_encode_gives_latents_and_log_dets_at_the_bin_centre_or_the_scored_point
         assert encoded.log_det.dtype == encoded.log_prob.dtype == torch.float64
         scored = flow.log_prob(images)
         torch.testing.assert_close(encoded.log_prob[hashed], scored[hashed])
-        assert not torch.isclose(encoded.log_prob[~hashed], scored[~hashed]).any()
+        midpoint = flow.log_prob(images, dequantization="midpoint")
+        torch.testing.assert_close(encoded.log_prob[~hashed], midpoint[~hashed])
         decoded = torch_decoder(flow)([z.double() for z in encode(flow, images).latents])
         assert torch.equal(decoded, images.to(torch.uint8))
 

@@ -1,5 +1,6 @@
 """A pytest plugin that registers one more architecture, to show that registering is all it takes:
-`pytest -p tests.toy_architecture ...` collects every architecture-parametrised test for it too.
+`pytest -p tests.toy_architecture ...` collects every architecture-parametrised test for it too (importing
+this module registers nothing; loading it as a plugin does).
 
 With `FLOWS_COLLECTED` set, it also writes each collected test's parameters there (JSON) for
 `tests/test_architectures.py` to compare."""
@@ -21,12 +22,14 @@ def toy_step(channels: int, config: FlowConfig) -> FlowSequence:
     return coupling_step(channels, config, FInCUnit(channels, config.kernel_size))
 
 
-if TOY not in ARCHITECTURES:
-    register(
-        ArchitectureSpec(
-            name=TOY, build_step=toy_step, title="Toy FInC", solve_pass="sample", onnx_passes=("score",)
+def pytest_configure(config) -> None:
+    """Register the toy architecture before any test module is collected (only where this is a plugin)."""
+    if TOY not in ARCHITECTURES:
+        register(
+            ArchitectureSpec(
+                name=TOY, build_step=toy_step, title="Toy FInC", solve_pass="sample", onnx_passes=("score",)
+            )
         )
-    )
 
 
 def pytest_collection_finish(session) -> None:

@@ -45,7 +45,10 @@ class Run(Operation[torch.Tensor, torch.Tensor]):
     name = "op"
 
     def __init__(self, run):
-        self.predict = run
+        self.run = run
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.run(batch)
 
 
 def make(run, inference: InferenceThread | None = None, **kwargs) -> Batcher:
