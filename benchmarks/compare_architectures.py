@@ -21,17 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import median_seconds, write_results
 from model import load_flow, read_config
+from model.architectures import get_architecture
 from model.data import load_dataset
 from model.hardware import hardware_name
 from model.malloc import tune_malloc
-
-# Published MNIST test bits/dim (uniform dequantisation) and model sizes, for the table's last column.
-PUBLISHED = {
-    ("finc", "mnist"): "1.05–1.15 (FInC Flow paper, ≈10M params, GPU)",
-    ("inverse_flow", "mnist"): "1.31 (Inverse-Flow paper, 1.6M params, GPU)",
-    ("glow", "mnist"): "1.05 (Glow, as reported by FInC Flow)",
-    ("finc", "fashion-mnist"): "≈2.9–3.0 (published flows)",
-}
 
 
 def measure(checkpoint: Path, device: torch.device, repeats: int) -> dict:
@@ -58,12 +51,13 @@ def measure(checkpoint: Path, device: torch.device, repeats: int) -> dict:
         "trained_on": training.get("device"),
         "sample_100_ms": round(1000 * sample_s, 1),
         "score_100_ms": round(1000 * score_s, 1),
-        "published": PUBLISHED.get((flow.config.arch, training.get("dataset")), "-"),
+        # published test bits/dim (uniform dequantisation) and model size, from the architecture's spec
+        "published": get_architecture(flow.config.arch).published.get(training.get("dataset"), "-"),
     }
 
 
 def markdown(rows: list[dict]) -> str:
-    """The comparison as a Markdown table (the README embeds it)."""
+    """The comparison as a Markdown table (docs/performance.md embeds it)."""
     head = "| checkpoint | params | L×K, hidden | test bits/dim | epochs | min/epoch (hardware) | "
     head += "sample 100 | score 100 | published |\n"
     head += "| --- | ---: | --- | ---: | ---: | --- | ---: | ---: | --- |"

@@ -5,7 +5,7 @@
 
 Per model and pass: the solve kernels (`FLOWS_KERNELS=auto`, i.e. `cuda` when loaded) vs the torch reference
 (`torch`), frozen models in inference mode, synchronised wall time (median). Writes
-benchmarks/results/e2e_gpu_<device>.json. Target (issue 10): ≤ 10 ms for 100 FInC samples on an H100
+benchmarks/results/e2e_gpu_<device>.json. Target: ≤ 10 ms for 100 FInC samples on an H100
 (published: 90 ms on an RTX 2080 Ti).
 """
 

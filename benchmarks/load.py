@@ -1,10 +1,10 @@
 """Load test of the service against the raw model, in one run: idle overhead, throughput, p99 under load.
 
     python benchmarks/load.py [--url http://127.0.0.1:8000 | --server-root DIR --server-python PY]
-                              [--scenarios logprob:4 logprob:64 sample:4 sample:64] [--tag after]
+                              [--scenarios logprob:4 logprob:64 sample:4 sample:64] [--tag inline_off]
 
 Without `--url` it starts `python -m service` on a free port (from `--server-root`, default this checkout,
-so an older checkout can be measured with the same client: the "before" numbers). Three parts:
+so another checkout can be measured with the same client: an A/B of a change). Three parts:
 
 1. **Idle overhead**: one request at a time over a keep-alive `http.client` connection (a client that
    costs ~0.1 ms, so the number is the server's), for `/logprob` JSON, `/logprob` multipart and `/sample`
@@ -58,7 +58,8 @@ from benchmarks.common import free_port, print_table, write_results
 from model.data import load_mnist
 from model.images import encode_png
 from model.malloc import tune_malloc
-from service.model_api import ServedModel, resolve_threads
+from service.model_api import ServedModel
+from service.runtime import resolve_threads
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -315,7 +316,7 @@ class RawModel:
         model = self.model
         images = model.decode(model.draw_latents(batch, 1.0, 0))
         latents = model.draw_latents(batch, 1.0, 1)
-        fn = (lambda: model.decode(latents)) if op == "sample" else (lambda: model.score(images))
+        fn = (lambda: model.decode(latents)) if op == "sample" else (lambda: model.logprob(images))
         with torch.inference_mode():
             for _ in range(3):
                 fn()
@@ -392,7 +393,11 @@ def main() -> None:
     p.add_argument(
         "--generator", choices=["aiohttp", "httpx"], default="aiohttp", help="the load's HTTP client"
     )
-    p.add_argument("--tag", default="after", help="results go to benchmarks/results/load_<tag>.json")
+    p.add_argument(
+        "--tag",
+        default="latest",
+        help="what this run measures: results go to benchmarks/results/load_<tag>.json",
+    )
     p.add_argument("--serve-replicas", type=int, default=0, help="target a local Ray Serve deployment")
     args = p.parse_args()
     stack = contextlib.ExitStack()

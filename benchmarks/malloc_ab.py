@@ -39,7 +39,8 @@ def worker(path: Path, batches: list[int], repeats: int) -> dict[str, list[float
         for batch in batches:
             latents = model.draw_latents(batch, 1.0, 1)
             images = model.decode(model.draw_latents(batch, 1.0, 0))
-            for op, fn in (("sample", lambda: model.decode(latents)), ("score", lambda: model.score(images))):
+            passes = (("sample", lambda: model.decode(latents)), ("score", lambda: model.logprob(images)))
+            for op, fn in passes:
                 fn()
                 times, faults = [], []
                 for _ in range(repeats):

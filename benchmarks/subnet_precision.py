@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import print_table, write_results
 from model import load_flow
+from model.architectures import ARCHITECTURES
 from model.checkpoint import read_config
 from model.data import load_dataset
 from model.evaluate import evaluate_bits_per_dim
@@ -37,8 +38,6 @@ from model.layers import subnets_in
 from model.malloc import tune_malloc
 from model.train import main as train_main
 from model.training import SUBNET_DTYPES
-
-ARCHS = ("finc", "inverse_flow", "glow")
 
 
 def step_times(path: Path, device: torch.device, rounds: int) -> dict[str, float]:
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     quality = []
     if args.quality_steps:
         with tempfile.TemporaryDirectory() as tmp:
-            for arch in ARCHS:
+            for arch in ARCHITECTURES:
                 runs = {
                     precision: train_small(
                         arch, precision, args.quality_steps, args.device, Path(tmp) / precision

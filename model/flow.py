@@ -11,18 +11,16 @@ returns `uint8` images. `encode`/`decode` expose the latents so callers can draw
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .architectures import STEP_BUILDERS
+from . import scoring
+from .architectures import get_architecture
 from .config import FlowConfig
-from .layers import InvConv1x1, LogitTransform, Split, Squeeze, dequantize, hashed_noise_samples
-from .layers.preprocess import Dequantization
-from .layers.triangular import TriangularKernel
+from .layers import Dequantization, InvConv1x1, LogitTransform, Split, Squeeze, TriangularKernel, dequantize
 
-__all__ = ["MultiScaleFlow", "build_flow", "importance_weighted_log_prob"]
+__all__ = ["MultiScaleFlow", "build_flow"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -31,25 +29,12 @@ def _standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z.square() + _LOG_2PI).flatten(1).sum(1)
 
 
-def importance_weighted_log_prob(
-    log_density: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, samples: int
-) -> torch.Tensor:
-    """`log (1/K) Σ_k p(x + u_k)` (float64, shape `(B,)`) for integer images `x`, with `u_k` the first K
-    hashed-noise draws of each image: a lower bound on `log P(x)` that tightens as K grows (docs/math.md §5);
-    K = 1 is the hashed single-sample bound. `log_density` maps continuous images to log-densities."""
-    noise = hashed_noise_samples(x, samples)
-    if samples == 1:  # log-sum-exp of one draw is that draw, bit for bit: skip the stack
-        return log_density(x + noise[0]).double()
-    per_draw = torch.stack([log_density(x + noise[k]).double() for k in range(samples)])
-    return torch.logsumexp(per_draw, dim=0) - math.log(samples)
-
-
 class _Level(nn.Module):
     def __init__(self, channels: int, config: FlowConfig, split: bool):
         """`config`: this level's view (`FlowConfig.at_level`)."""
         super().__init__()
         self.squeeze = Squeeze()
-        build = STEP_BUILDERS[config.arch]
+        build = get_architecture(config.arch).build_step
         self.steps = nn.ModuleList(build(4 * channels, config) for _ in range(config.steps))
         self.split = Split(4 * channels) if split else None
 
@@ -131,12 +116,12 @@ class MultiScaleFlow(nn.Module):
         if samples != 1:
             if dequantization != "hashed":
                 raise ValueError("samples > 1 needs the hashed dequantization")
-            return importance_weighted_log_prob(self.log_prob_continuous, x, samples)
+            return scoring.importance_weighted_log_prob(self.log_prob_continuous, x, samples)
         return self.log_prob_continuous(dequantize(x, dequantization, generator))
 
     def bits_per_dim(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         """`-log p(x) / (D · ln 2)` per image: the unit the literature reports."""
-        return -self.log_prob(x, **kwargs) / (self.num_dims * math.log(2))
+        return scoring.bits_per_dim(self.log_prob(x, **kwargs), self.num_dims)
 
     # -- latent → data --------------------------------------------------------------------------------
     def sample_latents(

@@ -19,6 +19,7 @@ import sys
 
 import torch
 
+from .architectures import ARCHITECTURES
 from .checkpoint import read_config
 from .distributed import close_distributed
 from .malloc import tune_malloc
@@ -31,7 +32,7 @@ log = logging.getLogger("model.train")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
-    p.add_argument("--arch", choices=["glow", "finc", "inverse_flow"], default="finc")
+    p.add_argument("--arch", choices=list(ARCHITECTURES), default="finc")
     p.add_argument(
         "--dataset", default="mnist", help="mnist, fashion-mnist, a folder of images or a .npy file"
     )

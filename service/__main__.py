@@ -1,7 +1,8 @@
 """`python -m service [--host H] [--port P] [--models DIR] [--device auto|cpu|cuda] ...`.
 
-Every option is also an environment variable `FLOWS_<NAME>` (command line wins). SIGTERM/SIGINT flip
-readiness off at once, stop accepting connections, finish queued work, then exit.
+The options are the fields of `service.settings.Settings`, with their descriptions as help; each is also an
+environment variable `FLOWS_<NAME>` (the command line wins). SIGTERM/SIGINT flip readiness off at once,
+stop accepting connections, finish queued work, then exit.
 """
 
 from __future__ import annotations
@@ -9,33 +10,20 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import types
+import typing
+from typing import Any, Literal
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from .app import create_app
 from .settings import Settings
 
-_OPTIONS = {
-    "host": str,
-    "port": int,
-    "models": str,
-    "default_model": str,
-    "device": str,
-    "backend": str,
-    "max_batch_images": int,
-    "max_wait_ms": float,
-    "inline_max_ms": float,
-    "max_queue_images": int,
-    "overload_status": int,
-    "request_timeout_s": float,
-    "max_samples_per_request": int,
-    "max_images_per_request": int,
-    "max_body_bytes": int,
-    "api_key": str,
-    "torch_threads": int,
-    "log_level": str,
-}
+__all__ = ["DESCRIPTION", "build_parser", "main"]
+
+DESCRIPTION = "Serve the flows over HTTP: sampling, exact log-likelihoods, the latent space, a playground."
 
 
 class _Server(uvicorn.Server):
@@ -50,15 +38,46 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def _value_type(annotation: Any) -> tuple[Any, list | None]:
+    """The type an option's text converts to, and its choices, from a field's annotation."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        values = list(typing.get_args(annotation))
+        return type(values[0]), values
+    if origin in (typing.Union, types.UnionType):  # `X | None`: the option takes an X
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _value_type(inner)
+    return annotation, None
+
+
+def _add_option(parser: argparse.ArgumentParser, name: str, field: FieldInfo) -> None:
+    flag = "--" + name.replace("_", "-")
+    default = field.get_default(call_default_factory=True)
+    shown = "unset" if default is None else default
+    help_text = f"{field.description} (default: {shown}; env FLOWS_{name.upper()})".replace("%", "%%")
+    if field.annotation is bool:
+        parser.add_argument(
+            flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+        )
+        return
+    kind, choices = _value_type(field.annotation)
+    metavar = None if choices else name.upper()
+    parser.add_argument(
+        flag, dest=name, type=kind, choices=choices, default=None, metavar=metavar, help=help_text
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One option per `Settings` field; unset options leave the environment variable or default in force."""
+    parser = argparse.ArgumentParser(prog="python -m service", description=DESCRIPTION)
+    for name, field in Settings.model_fields.items():
+        _add_option(parser, name, field)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
-    for name, kind in _OPTIONS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
-    parser.add_argument("--no-warmup", action="store_true")
-    args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k in _OPTIONS and v is not None}
-    if args.no_warmup:
-        overrides["warmup"] = False
+    args = build_parser().parse_args(argv)
+    overrides = {name: value for name, value in vars(args).items() if value is not None}
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:

@@ -11,15 +11,13 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI
 
-from model.malloc import tune_malloc
-
 from .batching import InferenceThread
 from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
-from .model_api import resolve_device, resolve_threads
 from .registry import ModelRegistry, checkpoint_dirs
 from .routes import health, latent, logprob, metrics, models, playground, sample
+from .runtime import prepare_kernels, set_up_process
 from .schemas import publish_limits
 from .settings import Settings
 from .state import AppState
@@ -37,15 +35,12 @@ def _warmup_sizes(settings: Settings) -> list[int]:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: AppState = app.state.flows
     settings = state.settings
-    device = resolve_device(settings.device)
-    tune_malloc()  # every batch frees and reallocates the same tensors: keep the memory, skip page faults
-    threads = resolve_threads(settings.torch_threads, device)
-    if threads:
-        torch.set_num_threads(threads)
+    runtime = set_up_process(settings)
     loop = asyncio.get_running_loop()
     executor = state.inference.executor
+    await loop.run_in_executor(executor, prepare_kernels, runtime.device)  # no request waits for a compiler
     registry = await loop.run_in_executor(
-        executor, ModelRegistry.load, settings, device, state.inference, state.metrics, threads
+        executor, ModelRegistry.load, settings, runtime, state.inference, state.metrics
     )
     if settings.warmup:
         for entry in registry.entries.values():
@@ -61,7 +56,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         "ready: %s (default %s) on %s, %d inference threads",
         ", ".join(sorted(registry.entries)),
         registry.default,
-        device,
+        runtime.device,
         torch.get_num_threads(),
     )
     try:

@@ -1,4 +1,5 @@
-"""Server-side continuous batching: one `Batcher` per (model, operation).
+"""Server-side continuous batching: one `Batcher` per (model, operation); what an operation computes,
+and how its requests form a batch and split back, is its `Operation` (service/operations.py).
 
 When the model is idle, queued work is dispatched at once; while a batch runs, new requests queue and the
 next batch takes all of them (up to `max_batch_images`) the moment the running one returns. With
@@ -21,18 +22,21 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 
-from .errors import DeadlineExceeded, NotReady, Overloaded, ServiceError
+from .errors import BatchFailed, DeadlineExceeded, NotReady, Overloaded
 from .metrics import Metrics
+from .operations import Operation
 
-__all__ = ["BatchFailed", "BatchResult", "Batcher", "InferenceThread"]
+__all__ = ["BatchResult", "Batcher", "InferenceThread"]
 
 log = logging.getLogger("service.batching")
 
-RunBatch = Callable[[list[torch.Tensor]], torch.Tensor]
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 class InferenceThread:
@@ -62,10 +66,10 @@ class InferenceThread:
             and self.requests_in_flight <= requests
         )
 
-    async def run(self, fn: RunBatch, inputs: list[torch.Tensor]) -> torch.Tensor:
+    async def run(self, fn: Callable[[In], Out], batch: In) -> Out:
         self.running += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, inputs)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, batch)
         finally:
             self.running -= 1
 
@@ -73,41 +77,34 @@ class InferenceThread:
         self.executor.shutdown(wait=True)
 
 
-class BatchFailed(ServiceError):
-    status, code = 500, "inference_failed"
-
-
 @dataclass
-class BatchResult:
+class BatchResult(Generic[Out]):
     """A request's output rows and how long it queued / computed (max over its chunks)."""
 
-    output: torch.Tensor
+    output: Out
     queue_s: float
     inference_s: float
 
 
 @dataclass
-class _Work:
-    inputs: list[torch.Tensor]
+class _Work(Generic[In]):
+    item: In
+    n: int
     future: asyncio.Future
     enqueued: float
     deadline: float
     queue_s: float = 0.0
     inference_s: float = 0.0
-    n: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.n = self.inputs[0].shape[0]
 
 
-class Batcher:
-    """Queues row-batched inputs, runs `run(inputs) -> output` on batches, returns each caller its rows."""
+class Batcher(Generic[In, Out]):
+    """Queues requests of one operation, runs `operation.predict` on batches of them, and returns each
+    caller its rows."""
 
     def __init__(
         self,
         model: str,
-        op: str,
-        run: RunBatch,
+        operation: Operation[In, Out],
         inference: InferenceThread,
         metrics: Metrics,
         *,
@@ -117,7 +114,7 @@ class Batcher:
         overload_status: int = 503,
         retry_after_s: int = 1,
     ):
-        self.model, self.op, self.run = model, op, run
+        self.model, self.operation, self.op = model, operation, operation.name
         self.inference, self.metrics = inference, metrics
         self.max_batch_images, self.max_wait_s = max_batch_images, max_wait_s
         self.max_queue_images = max_queue_images
@@ -127,7 +124,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
-        self._labels = {"model": model, "op": op}
+        self._labels = {"model": model, "op": self.op}
         self._images_per_s: float | None = None  # moving average over executed batches
         self._backlog_since: float | None = None  # end of the last batch, if work was still queued then
 
@@ -151,11 +148,9 @@ class Batcher:
         return self._queued_images
 
     # -- client side ----------------------------------------------------------------------------------
-    async def submit(self, inputs: list[torch.Tensor], timeout_s: float) -> BatchResult:
-        """Queue `inputs` (tensors sharing their first dimension) and await this request's output rows."""
-        n = inputs[0].shape[0]
-        if any(t.shape[0] != n for t in inputs):
-            raise ValueError("all inputs of one request must have the same number of rows")
+    async def submit(self, item: In, timeout_s: float) -> BatchResult[Out]:
+        """Queue one request and await its output rows."""
+        n = self.operation.size(item)
         if self._closing:
             raise NotReady("the server is shutting down")
         if self._queued_images + n > self.max_queue_images:
@@ -177,14 +172,10 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
+        sizes = [min(self.max_batch_images, n - start) for start in range(0, n, self.max_batch_images)]
         works = [
-            _Work(
-                [t[start : start + self.max_batch_images] for t in inputs],
-                loop.create_future(),
-                now,
-                now + timeout_s,
-            )
-            for start in range(0, n, self.max_batch_images)
+            _Work(chunk, size, loop.create_future(), now, now + timeout_s)
+            for chunk, size in zip(self.operation.split(item, sizes), sizes, strict=True)
         ]
         self._queue.extend(works)
         self._queued_images += n
@@ -200,7 +191,7 @@ class Batcher:
                 w.future.cancel()
             raise
         return BatchResult(
-            torch.cat(outputs) if len(outputs) > 1 else outputs[0],
+            self.operation.join(outputs),
             max(w.queue_s for w in works),
             max(w.inference_s for w in works),
         )
@@ -265,8 +256,8 @@ class Batcher:
             for w in batch:
                 w.queue_s = started - w.enqueued
                 self.metrics.queue_wait.labels(**self._labels).observe(w.queue_s)
-            inputs = [torch.cat(parts) for parts in zip(*(w.inputs for w in batch), strict=True)]
-            total = inputs[0].shape[0]
+            inputs = self.operation.batch([w.item for w in batch])
+            total = sum(w.n for w in batch)
             predicted_s = total / self._images_per_s if self._images_per_s else None
             # Only the last queued batch may run inline: batches back to back on the loop would block it
             # for all of them (a request split into chunks), while one is bounded by the budget.
@@ -276,8 +267,9 @@ class Batcher:
                     output = self._execute(inputs)
                 else:
                     output = await self.inference.run(self._execute, inputs)
-                if output.shape[0] != total:
-                    raise RuntimeError(f"batch of {total} rows returned {output.shape[0]}")
+                returned = self.operation.size(output)
+                if returned != total:
+                    raise RuntimeError(f"batch of {total} rows returned {returned}")
             except Exception:
                 log.exception("batch of %d images for %s/%s failed", total, self.model, self.op)
                 for w in batch:
@@ -297,25 +289,22 @@ class Batcher:
             self.metrics.batch_requests.labels(**self._labels).observe(len(batch))
             if inline:
                 self.metrics.inline_batches.labels(**self._labels).inc()
-            offset = 0
-            for w in batch:
+            for w, rows in zip(batch, self.operation.unbatch(output, [w.n for w in batch]), strict=True):
                 w.inference_s = elapsed
                 if not w.future.done():
-                    w.future.set_result(output[offset : offset + w.n])
-                offset += w.n
+                    w.future.set_result(rows)
 
-    def _execute(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+    def _execute(self, batch: In) -> Out:
         """Run one batch; on CUDA out-of-memory, run it as two halves (recursively)."""
         try:
             with torch.inference_mode():
-                return self.run(inputs)
+                return self.operation.predict(batch)
         except torch.OutOfMemoryError:
-            n = inputs[0].shape[0]
+            n = self.operation.size(batch)
             if n == 1:
                 raise
             torch.cuda.empty_cache()
             half = n // 2
             log.warning("CUDA out of memory on %d images for %s/%s: halving", n, self.model, self.op)
-            first = self._execute([t[:half] for t in inputs])
-            second = self._execute([t[half:] for t in inputs])
-            return torch.cat([first, second])
+            first, second = self.operation.split(batch, [half, n - half])
+            return self.operation.join([self._execute(first), self._execute(second)])

@@ -1,37 +1,54 @@
-"""One error hierarchy, mapped to JSON `{"error": {"code", "message", "request_id"}}` in one place."""
+"""Every error the service answers with, and the one JSON body `{"error": {"code", "message", "request_id"}}`
+they are answered with: by the app's handlers, the request middleware and the Ray Serve proxy callback."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 __all__ = [
     "BadRequest",
+    "BatchFailed",
+    "ClientDisconnected",
     "DeadlineExceeded",
     "InvalidImage",
+    "InvalidLatents",
     "NotReady",
     "Overloaded",
     "PayloadTooLarge",
+    "ReplicaNotReady",
+    "ReplicaUnavailable",
     "ServiceError",
     "TooManyImages",
     "Unauthorized",
     "UnknownModel",
+    "UnsupportedMediaType",
     "error_body",
     "install_error_handlers",
+    "send_error",
 ]
 
 log = logging.getLogger("service.errors")
 
 
 class ServiceError(Exception):
-    """Base class: a class-level HTTP status and stable code; the message is shown to the client."""
+    """Base class: a class-level HTTP status and stable code, given as class arguments
+    (`class X(ServiceError, status=..., code=...)`); the message is shown to the client."""
 
     status: int = 500
     code: str = "internal_error"
+
+    def __init_subclass__(cls, status: int | None = None, code: str | None = None, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status = cls.status if status is None else status
+        cls.code = cls.code if code is None else code
 
     def __init__(self, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -39,50 +56,99 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
 
-class BadRequest(ServiceError):
-    status, code = 400, "bad_request"
+class _Retryable(ServiceError):
+    """An error worth retrying after `retry_after_s` (the `Retry-After` header)."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message, {"Retry-After": str(retry_after_s)})
 
 
-class Unauthorized(ServiceError):
-    status, code = 401, "unauthorized"
+# -- 4xx: the request ---------------------------------------------------------------------------------
+class BadRequest(ServiceError, status=400, code="bad_request"):
+    """A body that cannot be parsed as what its content type says (malformed multipart, no files)."""
 
 
-class UnknownModel(ServiceError):
-    status, code = 404, "unknown_model"
+class Unauthorized(ServiceError, status=401, code="unauthorized"):
+    """A missing or wrong `X-API-Key` on a server that has a key."""
 
 
-class PayloadTooLarge(ServiceError):
-    status, code = 413, "payload_too_large"
+class UnknownModel(ServiceError, status=404, code="unknown_model"):
+    """A model name the server does not hold."""
 
 
-class InvalidImage(ServiceError):
-    status, code = 422, "invalid_image"
+class PayloadTooLarge(ServiceError, status=413, code="payload_too_large"):
+    """A body over `max_body_bytes` (refused by the request middleware before it is read in full)."""
 
 
-class TooManyImages(ServiceError):
-    status, code = 422, "too_many_images"
+class UnsupportedMediaType(ServiceError, status=415, code="unsupported_media_type"):
+    """/logprob takes JSON or multipart bodies only."""
 
 
-class Overloaded(ServiceError):
-    """The queue is full; the status (503 or 429) is configurable."""
+class InvalidImage(ServiceError, status=422, code="invalid_image"):
+    """An image that does not decode, or not to the model's shape and the pixel range; names the image."""
 
-    code = "overloaded"
+
+class InvalidLatents(ServiceError, status=422, code="invalid_latents"):
+    """Latents that are not one array per level of the model's latent shapes; names the level."""
+
+
+class TooManyImages(ServiceError, status=422, code="too_many_images"):
+    """More images in one request than the server's per-request limits (service/limits.py)."""
+
+
+class ClientDisconnected(ServiceError, status=499, code="client_closed_request"):
+    """The client went away before its result was ready (nginx's 499; nobody reads the answer)."""
+
+
+# -- 5xx: the server ----------------------------------------------------------------------------------
+class BatchFailed(ServiceError, status=500, code="inference_failed"):
+    """The batch this request was in raised; the details are in the server log only."""
+
+
+class Overloaded(_Retryable, code="overloaded"):
+    """The queue is full, or the request would expire in it; the status (503 or 429) is configurable."""
 
     def __init__(self, message: str, status: int = 503, retry_after_s: int = 1):
-        super().__init__(message, {"Retry-After": str(retry_after_s)})
+        super().__init__(message, retry_after_s)
         self.status = status
 
 
-class NotReady(ServiceError):
-    status, code = 503, "not_ready"
+class NotReady(ServiceError, status=503, code="not_ready"):
+    """Loading, warming up or shutting down."""
 
 
-class DeadlineExceeded(ServiceError):
-    status, code = 504, "deadline_exceeded"
+class ReplicaNotReady(NotReady):
+    """A Ray Serve replica's health check while its app is loading, warming up or draining."""
 
 
-def error_body(status: int, code: str, message: str, request_id: str | None) -> dict:
+class ReplicaUnavailable(_Retryable, status=503, code="replica_unavailable"):
+    """Ray Serve's proxy got no response at all: the replica serving the request stopped."""
+
+
+class DeadlineExceeded(ServiceError, status=504, code="deadline_exceeded"):
+    """The request's deadline passed while it was queued."""
+
+
+# -- the body -----------------------------------------------------------------------------------------
+def error_body(code: str, message: str, request_id: str | None) -> dict:
+    """The JSON body of every error response."""
     return {"error": {"code": code, "message": message, "request_id": request_id}}
+
+
+def _json(status: int, code: str, message: str, request_id: str | None, headers: Mapping[str, str]):
+    return JSONResponse(error_body(code, message, request_id), status_code=status, headers=dict(headers))
+
+
+async def send_error(
+    send: Send, error: ServiceError, request_id: str | None, headers: Mapping[str, str] | None = None
+) -> None:
+    """Answer `error` on a raw ASGI `send` (middleware that runs outside the app's handlers)."""
+    body = json.dumps(error_body(error.code, error.message, request_id), separators=(",", ":")).encode()
+    fields = {"content-type": "application/json", "content-length": str(len(body))}
+    fields.update({k.lower(): v for k, v in {**error.headers, **(headers or {})}.items()})
+    raw = [(k.encode("latin1"), v.encode("latin1")) for k, v in fields.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _request_id(request: Request) -> str | None:
@@ -94,8 +160,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        body = error_body(exc.status, exc.code, exc.message, _request_id(request))
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+        return _json(exc.status, exc.code, exc.message, _request_id(request), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -107,16 +172,15 @@ def install_error_handlers(app: FastAPI) -> None:
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
         status = 400 if code == "malformed_json" else 422
-        return JSONResponse(error_body(status, code, message, _request_id(request)), status_code=status)
+        return _json(status, code, message, _request_id(request), {})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        body = error_body(exc.status_code, code, str(exc.detail), _request_id(request))
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None) or {}
+        return _json(exc.status_code, code, str(exc.detail), _request_id(request), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        body = error_body(500, "internal_error", "internal server error", _request_id(request))
-        return JSONResponse(body, status_code=500)
+        return _json(500, "internal_error", "internal server error", _request_id(request), {})

@@ -8,12 +8,12 @@ __all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_PER_BATCHER = ["model", "op"]  # the labels of everything a batcher measures
 
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
+        self.registry = r = CollectorRegistry()
         self.requests = Counter(
             "flows_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
         )
@@ -24,42 +24,28 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        seconds = {"buckets": _LATENCY_BUCKETS, "registry": r}
+        counts = {"buckets": _BATCH_BUCKETS, "registry": r}
         self.queue_wait = Histogram(
-            "flows_queue_wait_seconds",
-            "time a request waited for its batch",
-            ["model", "op"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "flows_queue_wait_seconds", "time a request waited for its batch", _PER_BATCHER, **seconds
         )
         self.inference = Histogram(
-            "flows_inference_seconds",
-            "time of one batch's inference",
-            ["model", "op"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "flows_inference_seconds", "time of one batch's inference", _PER_BATCHER, **seconds
         )
         self.batch_images = Histogram(
-            "flows_batch_images",
-            "images per executed batch",
-            ["model", "op"],
-            buckets=_BATCH_BUCKETS,
-            registry=r,
+            "flows_batch_images", "images per executed batch", _PER_BATCHER, **counts
         )
         self.batch_requests = Histogram(
-            "flows_batch_requests",
-            "requests (or request chunks) per executed batch",
-            ["model", "op"],
-            buckets=_BATCH_BUCKETS,
-            registry=r,
+            "flows_batch_requests", "requests (or request chunks) per executed batch", _PER_BATCHER, **counts
         )
         self.inline_batches = Counter(
             "flows_inline_batches",
             "batches run on the event loop (nothing else to do) instead of the inference thread",
-            ["model", "op"],
+            _PER_BATCHER,
             registry=r,
         )
         self.queue_depth = Gauge(
-            "flows_queue_images", "images waiting in the queue", ["model", "op"], registry=r
+            "flows_queue_images", "images waiting in the queue", _PER_BATCHER, registry=r
         )
         self.rejections = Counter(
             "flows_rejections", "requests rejected or dropped, by reason", ["reason"], registry=r

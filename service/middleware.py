@@ -11,7 +11,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .batching import InferenceThread
-from .errors import error_body
+from .errors import PayloadTooLarge, send_error
 from .metrics import Metrics
 
 __all__ = ["RequestContextMiddleware", "endpoint_label"]
@@ -136,19 +136,5 @@ class RequestContextMiddleware:
             await self.app(scope, _replay(b"".join(body), receive), send)
 
     async def _reject_too_large(self, send: Send, request_id: str) -> None:
-        body = json.dumps(
-            error_body(
-                413, "payload_too_large", f"request body exceeds {self.max_body_bytes} bytes", request_id
-            )
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        error = PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes")
+        await send_error(send, error, request_id)

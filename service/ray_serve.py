@@ -11,7 +11,6 @@ is healthy only while its app is ready (models loaded and warmed up, not drainin
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import subprocess
@@ -26,7 +25,9 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .app import create_app
+from .errors import ReplicaNotReady, ReplicaUnavailable, send_error
 from .settings import Settings
+from .state import require_ready
 
 __all__ = [
     "PROXY_CALLBACK",
@@ -57,10 +58,6 @@ _DEFAULT_OPTIONS: dict[str, Any] = {
 # Serve reads this variable in each HTTP proxy (set it on every node before `ray start`).
 PROXY_CALLBACK = ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "service.ray_serve.proxy_middlewares")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "ray" / "serve_config.yaml"
-
-
-class ReplicaNotReady(RuntimeError):
-    """Raised by the health check while the app is loading, warming up or draining."""
 
 
 class _ReplicaHeaders:
@@ -96,9 +93,8 @@ class FlowService:
         return self._app
 
     def check_health(self) -> None:
-        state = self._app.state.flows if self._app is not None else None
-        if state is None or not state.ready or state.registry is None:
-            raise ReplicaNotReady("not ready: loading, warming up or shutting down")
+        """Serve's health check: `ReplicaNotReady` while the app is loading, warming up or draining."""
+        require_ready(self._app.state.flows if self._app is not None else None, ReplicaNotReady)
 
 
 class ReplicaLostAs503:
@@ -107,7 +103,7 @@ class ReplicaLostAs503:
     scoring are pure functions of the request, so a client that retries on 503 loses nothing."""
 
     def __init__(self, app: ASGIApp, retry_after_s: int = 1):
-        self.app, self.retry_after = app, str(retry_after_s).encode()
+        self.app, self.retry_after_s = app, retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -129,23 +125,8 @@ class ReplicaLostAs503:
         if started:
             return
         request_id = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin1")
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "replica_unavailable",
-                    "message": "the replica serving this request stopped; retry",
-                    "request_id": request_id,
-                }
-            }
-        ).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", self.retry_after),
-            (b"x-request-id", request_id.encode("latin1")),
-        ]
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        error = ReplicaUnavailable("the replica serving this request stopped; retry", self.retry_after_s)
+        await send_error(send, error, request_id, {"x-request-id": request_id})
 
 
 def proxy_middlewares() -> list[Middleware]:

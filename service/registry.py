@@ -6,10 +6,16 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from model.scoring import Encoding
+
 from .batching import Batcher, InferenceThread
 from .errors import UnknownModel
 from .metrics import Metrics
-from .model_api import ServedModel, prepare_kernels
+from .model_api import ServedModel
+from .operations import OPERATIONS, EncodeInput, LatentsInput, LogProbInput, Scores
+from .runtime import Runtime
 from .settings import Settings
 
 __all__ = ["ModelRegistry", "ServedEntry", "checkpoint_dirs"]
@@ -25,10 +31,15 @@ def checkpoint_dirs(models: Path) -> list[Path]:
 
 @dataclass
 class ServedEntry:
+    """A served model and its batchers, one field per operation in `OPERATIONS`, named as the operation."""
+
     model: ServedModel
-    sample: Batcher  # also serves /decode and /interpolate: both decode latents
-    logprob: Batcher
-    encode: Batcher
+    sample: Batcher[LatentsInput, torch.Tensor]
+    logprob: Batcher[LogProbInput, Scores]
+    encode: Batcher[EncodeInput, Encoding]
+
+    def batchers(self) -> list[Batcher]:
+        return [getattr(self, operation.name) for operation in OPERATIONS]
 
 
 class ModelRegistry:
@@ -37,39 +48,33 @@ class ModelRegistry:
 
     @classmethod
     def load(
-        cls, settings: Settings, device, inference: InferenceThread, metrics: Metrics, threads: int = 0
+        cls, settings: Settings, runtime: Runtime, inference: InferenceThread, metrics: Metrics
     ) -> ModelRegistry:
-        """`threads`: onnxruntime's intra-op threads (0: its default), as resolved for torch."""
+        """Load every checkpoint on `runtime.device` (onnxruntime with `runtime.threads` intra-op threads) and
+        build its batchers from `OPERATIONS`."""
         dirs = checkpoint_dirs(settings.models)
         if not dirs:
             raise RuntimeError(f"no checkpoints (directories with config.json) under {settings.models}")
-        prepare_kernels(device)  # before any model runs: no request ever waits for a compiler
+        limits = dict(
+            max_batch_images=settings.max_batch_images,
+            max_wait_s=settings.max_wait_ms / 1000,
+            max_queue_images=settings.max_queue_images,
+            overload_status=settings.overload_status,
+            retry_after_s=settings.retry_after_s,
+        )
         entries = {}
         for path in dirs:
-            model = ServedModel.load(path, device, settings.backend, threads)
-            common = dict(
-                max_batch_images=settings.max_batch_images,
-                max_wait_s=settings.max_wait_ms / 1000,
-                max_queue_images=settings.max_queue_images,
-                overload_status=settings.overload_status,
-                retry_after_s=settings.retry_after_s,
-            )
-            entries[model.name] = ServedEntry(
-                model,
-                Batcher(model.name, "sample", model.decode, inference, metrics, **common),
-                Batcher(
-                    model.name, "logprob", lambda xs, m=model: m.score(*xs), inference, metrics, **common
-                ),
-                Batcher(
-                    model.name, "encode", lambda xs, m=model: m.encode(*xs), inference, metrics, **common
-                ),
-            )
+            model = ServedModel.load(path, runtime.device, settings.backend, runtime.threads)
+            batchers = {
+                op.name: Batcher(model.name, op(model), inference, metrics, **limits) for op in OPERATIONS
+            }
+            entries[model.name] = ServedEntry(model, **batchers)
             log.info(
                 "loaded %s (%s, %d parameters) on %s",
                 model.name,
                 model.flow.config.arch,
                 model.flow.num_parameters(),
-                device,
+                runtime.device,
             )
         default = settings.default_model or (
             PREFERRED_DEFAULT if PREFERRED_DEFAULT in entries else dirs[0].name
@@ -85,4 +90,4 @@ class ModelRegistry:
         return self.entries[key]
 
     def batchers(self) -> list[Batcher]:
-        return [b for e in self.entries.values() for b in (e.sample, e.logprob, e.encode)]
+        return [b for e in self.entries.values() for b in e.batchers()]

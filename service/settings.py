@@ -1,4 +1,5 @@
-"""Service settings: one pydantic-settings class; every option is also an environment variable `FLOWS_*`."""
+"""Service settings: one pydantic-settings class; every field is an environment variable `FLOWS_<NAME>` and
+an option of `python -m service` (service/__main__.py builds the command line from this class)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FLOWS_", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
     models: Path = Field(DEFAULT_MODELS_DIR, description="directory of checkpoint directories")
     default_model: str | None = Field(None, description="model used when a request names none")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where models run (auto: CUDA when present; cuda without a GPU is an error)"
+    )
     backend: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="inference backend for exportable passes (auto: the faster one on this device)"
     )
@@ -42,21 +45,25 @@ class Settings(BaseSettings):
         "has no other request in flight (saves two thread hand-offs); 0: always on the inference thread",
     )
     max_queue_images: int = Field(1024, ge=1, description="queued images per (model, operation) before 503")
-    overload_status: Literal[429, 503] = 503
-    retry_after_s: int = Field(1, ge=0)
+    overload_status: Literal[429, 503] = Field(503, description="status of a request refused by a full queue")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After (seconds) of an overloaded answer")
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request, queueing included")
-    max_samples_per_request: int = Field(256, ge=1)
-    max_images_per_request: int = Field(256, ge=1)
-    max_body_bytes: int = Field(16 * 2**20, ge=1024)
+    max_samples_per_request: int = Field(
+        256, ge=1, description="images one request may generate (/sample, /decode, /interpolate)"
+    )
+    max_images_per_request: int = Field(
+        256, ge=1, description="images one request may upload (/logprob, /encode)"
+    )
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, description="larger request bodies get a 413")
     api_key: str | None = Field(None, description="if set, /sample, /logprob and /models need X-API-Key")
-    warmup: bool = True
+    warmup: bool = Field(True, description="run every pass at start-up, before the server reports ready")
     torch_threads: int = Field(
         0,
         ge=0,
         description="inference intra-op threads, torch and onnxruntime (0: on a CPU, the usable cores less "
         "one, kept for the event loop; torch's default where OMP_NUM_THREADS is set, and on a GPU)",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="server log level")
 
     @field_validator("models")
     @classmethod

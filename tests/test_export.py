@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from model import FlowConfig, build_flow, save_flow
-from model.export import EXPORTABLE, _check_score, export_checkpoint, weights_digest
+from model.architectures import ARCHITECTURES
+from model.export import _check_score, export_checkpoint, weights_digest
 from model.layers import dequantize
 from service.onnx_backend import load_onnx_passes
 
@@ -29,12 +30,12 @@ def tiny_checkpoint(arch: str, path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["glow", "finc", "inverse_flow"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_convolution_only_passes_export_and_match_torch(arch, tmp_path):
     flow = tiny_checkpoint(arch, tmp_path / arch)
     real = torch.randint(0, 256, (5, 1, 8, 8), generator=torch.Generator().manual_seed(3))
     manifest = export_checkpoint(tmp_path / arch, real=real)
-    assert tuple(manifest["passes"]) == EXPORTABLE[arch]
+    assert tuple(manifest["passes"]) == ARCHITECTURES[arch].onnx_passes
     passes = load_onnx_passes(tmp_path / arch, torch.device("cpu"))
     flow.freeze()
     with torch.inference_mode():
@@ -86,4 +87,4 @@ SHIPPED_ONNX = sorted(p.parent.parent for p in CHECKPOINTS.glob("*/onnx/manifest
 def test_shipped_onnx_graphs_belong_to_the_shipped_weights(checkpoint):
     manifest = json.loads((checkpoint / "onnx" / "manifest.json").read_text())
     assert manifest["weights_sha256"] == weights_digest(checkpoint), "re-run python -m model.export"
-    assert tuple(manifest["passes"]) == EXPORTABLE[manifest["architecture"]]
+    assert tuple(manifest["passes"]) == ARCHITECTURES[manifest["architecture"]].onnx_passes

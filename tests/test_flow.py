@@ -12,13 +12,14 @@ import torch
 from PIL import Image
 
 from model import CheckpointError, FlowConfig, build_flow, load_flow, read_config, save_flow
+from model.architectures import ARCHITECTURES
 from model.data import FASHION_MNIST_DIR, load_dataset, load_fashion_mnist, load_mnist, load_npy
 from model.train import main as train_main
 from model.training import read_train_state
 
 from .helpers import randomise_parameters
 
-ARCHS = ["glow", "finc", "inverse_flow"]
+ARCHS = list(ARCHITECTURES)  # every registered architecture gets every test here
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 SHIPPED = (
     sorted(p for p in CHECKPOINTS.iterdir() if (p / "config.json").is_file()) if CHECKPOINTS.is_dir() else []

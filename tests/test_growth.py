@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from model import FlowConfig, build_flow, load_flow, save_flow
+from model.architectures import ARCHITECTURES
 from model.growth import grow_flow
 from model.growth import main as growth_main
 
-ARCHS = ("glow", "finc", "inverse_flow")
+ARCHS = list(ARCHITECTURES)
 
 
 def _trained_like(arch: str) -> torch.nn.Module:

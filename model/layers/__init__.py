@@ -6,7 +6,7 @@ from .coupling import AffineCoupling, SubnetFactory, conv_subnet, subnets_channe
 from .finc import FInCConv2d, FInCUnit
 from .invconv1x1 import InvConv1x1
 from .inverse_conv import InverseConv2d, InverseConvUnit
-from .preprocess import LogitTransform, dequantize, hashed_noise_samples
+from .preprocess import Dequantization, LogitTransform, dequantize, hashed_noise, hashed_noise_samples
 from .split import Split
 from .squeeze import Squeeze
 from .triangular import ORIENTATIONS, TriangularKernel
@@ -15,6 +15,7 @@ __all__ = [
     "ORIENTATIONS",
     "ActNorm",
     "AffineCoupling",
+    "Dequantization",
     "FInCConv2d",
     "FInCUnit",
     "FlowLayer",
@@ -29,6 +30,7 @@ __all__ = [
     "TriangularKernel",
     "conv_subnet",
     "dequantize",
+    "hashed_noise",
     "hashed_noise_samples",
     "subnets_channels_last",
     "subnets_in",

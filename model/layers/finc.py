@@ -11,19 +11,23 @@ from .triangular import ORIENTATIONS, TriangularKernel, orient
 
 __all__ = ["FInCConv2d", "FInCUnit"]
 
+InitGenerator = torch.Generator | None  # seeds the initial weights (tests); None: torch's global generator
+
 
 class _TriangularConvLayer(FlowLayer):
-    """A TL convolution on channel groups, each flipped into its own orientation."""
+    """A TL convolution on channel groups, each flipped into its own orientation: one `orientation`
+    (`tl`, `tr`, `bl` or `br`) for all channels, or a tuple of them, one per group."""
 
     def __init__(
         self,
         channels: int,
         kernel_size: int,
-        orientations: tuple[str, ...],
-        learn_diagonal: bool,
-        generator: torch.Generator | None = None,
+        orientation: str | tuple[str, ...] = "tl",
+        learn_diagonal: bool = True,
+        generator: InitGenerator = None,
     ):
         super().__init__()
+        orientations = (orientation,) if isinstance(orientation, str) else tuple(orientation)
         for o in orientations:
             if o not in ORIENTATIONS:
                 raise ValueError(f"unknown orientation {o!r}; expected one of {tuple(ORIENTATIONS)}")
@@ -63,26 +67,12 @@ class _FInCLayer(_TriangularConvLayer):
 class FInCConv2d(_FInCLayer):
     """FInC convolution in one orientation: `tl`, `tr`, `bl` or `br`."""
 
-    def __init__(
-        self,
-        channels: int,
-        kernel_size: int,
-        orientation: str = "tl",
-        learn_diagonal: bool = True,
-        generator: torch.Generator | None = None,
-    ):
-        super().__init__(channels, kernel_size, (orientation,), learn_diagonal, generator)
-
 
 class FInCUnit(_FInCLayer):
     """Four channel groups, one orientation each (TL, TR, BL, BR), as one grouped conv and one solve."""
 
     def __init__(
-        self,
-        channels: int,
-        kernel_size: int,
-        learn_diagonal: bool = True,
-        generator: torch.Generator | None = None,
+        self, channels: int, kernel_size: int, learn_diagonal: bool = True, generator: InitGenerator = None
     ):
         if channels % 4:
             raise ValueError(f"FInCUnit needs channels divisible by 4, got {channels}")

@@ -8,23 +8,14 @@ from __future__ import annotations
 import torch
 
 from .base import FlowSequence
-from .finc import _TriangularConvLayer
+from .finc import InitGenerator, _TriangularConvLayer
 
 __all__ = ["InverseConv2d", "InverseConvUnit"]
 
 
 class InverseConv2d(_TriangularConvLayer):
-    """`z = A⁻¹ x` (wavefront solve), `logdet = -H·W·Σ_o s_o`; inverse is the conv `x = A z`."""
-
-    def __init__(
-        self,
-        channels: int,
-        kernel_size: int,
-        orientation: str = "tl",
-        learn_diagonal: bool = True,
-        generator: torch.Generator | None = None,
-    ):
-        super().__init__(channels, kernel_size, (orientation,), learn_diagonal, generator)
+    """`z = A⁻¹ x` (wavefront solve), `logdet = -H·W·Σ_o s_o`; inverse is the conv `x = A z`. One
+    orientation: `tl`, `tr`, `bl` or `br`."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._solve(x), -self._logdet(x)
@@ -37,13 +28,9 @@ class InverseConvUnit(FlowSequence):
     """The four orientations chained: TL, TR, BL, BR inverse convolutions over all channels."""
 
     def __init__(
-        self,
-        channels: int,
-        kernel_size: int,
-        learn_diagonal: bool = True,
-        generator: torch.Generator | None = None,
+        self, channels: int, kernel_size: int, learn_diagonal: bool = True, generator: InitGenerator = None
     ):
+        orientations = ("tl", "tr", "bl", "br")
         super().__init__(
-            InverseConv2d(channels, kernel_size, o, learn_diagonal, generator)
-            for o in ("tl", "tr", "bl", "br")
+            InverseConv2d(channels, kernel_size, o, learn_diagonal, generator) for o in orientations
         )

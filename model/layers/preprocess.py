@@ -14,7 +14,7 @@ import torch
 
 from .base import FlowLayer
 
-__all__ = ["LogitTransform", "dequantize", "hashed_noise", "hashed_noise_samples"]
+__all__ = ["Dequantization", "LogitTransform", "dequantize", "hashed_noise", "hashed_noise_samples"]
 
 Dequantization = Literal["uniform", "hashed", "midpoint"]
 

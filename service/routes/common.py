@@ -1,11 +1,13 @@
-"""Helpers shared by the inference routes: disconnect-aware waiting, request limits, timings and responses."""
+"""What the inference routes share: the checked request (`Call`), disconnect-aware waiting, timings and
+responses."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 from fastapi import Request, Response
@@ -14,16 +16,26 @@ from pydantic import BaseModel
 from model.images import encode_png, image_grid
 
 from ..batching import BatchResult
-from ..errors import ServiceError, TooManyImages
-from ..latentio import npy_bytes
+from ..codec import npy_bytes
+from ..errors import ClientDisconnected
+from ..registry import ServedEntry
 from ..schemas import Timings
-from ..settings import Settings
+
+__all__ = ["Call", "json_response", "raw_images_response", "timings", "until_disconnect"]
 
 T = TypeVar("T")
+Body = TypeVar("Body")
+Inputs = TypeVar("Inputs")
 
 
-class ClientDisconnected(ServiceError):
-    status, code = 499, "client_closed_request"
+@dataclass(frozen=True)
+class Call(Generic[Body, Inputs]):
+    """A request as a route's dependency hands it over: its body, checked against this server's limits,
+    the served model it names, and what the body decodes to for that model (`None` where nothing does)."""
+
+    body: Body
+    entry: ServedEntry
+    inputs: Inputs
 
 
 async def _cancel_on_disconnect(request: Request, task: asyncio.Task) -> None:
@@ -65,18 +77,6 @@ def timings(started: float, results: list[BatchResult]) -> Timings:
         inference_ms=round(sum(r.inference_s for r in results) * 1e3, 3),
         total_ms=round((time.perf_counter() - started) * 1e3, 3),
     )
-
-
-def check_image_count(n: int, limit: int) -> None:
-    """Refuse more uploaded images per request than the server allows."""
-    if n > limit:
-        raise TooManyImages(f"{n} images exceed this server's limit of {limit} per request")
-
-
-def check_sample_count(n: int, what: str, settings: Settings) -> None:
-    """Refuse more generated images per request than the server allows."""
-    if n > settings.max_samples_per_request:
-        raise TooManyImages(f"{what} {n} exceeds this server's limit of {settings.max_samples_per_request}")
 
 
 def raw_images_response(request: Request, images: torch.Tensor, headers: dict[str, str]) -> Response | None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ..errors import NotReady
 from ..schemas import error_responses
-from ..state import State
+from ..state import State, require_ready
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -18,6 +17,5 @@ async def live() -> dict:
 
 @router.get("/ready", responses=error_responses(500, 503))
 async def ready(state: State) -> dict:
-    if not state.ready or state.registry is None:
-        raise NotReady("not ready: loading, warming up or shutting down")
-    return {"status": "ready", "models": sorted(state.registry.entries), "default": state.registry.default}
+    registry = require_ready(state)
+    return {"status": "ready", "models": sorted(registry.entries), "default": registry.default}

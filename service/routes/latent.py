@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 import torch
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from model.interpolation import interpolate_latents
 
 from ..batching import BatchResult
-from ..imageio import images_to_tensor
+from ..codec import images_payload, images_to_tensor, latents_payload, latents_to_tensors
 from ..latent_schemas import (
     DecodeRequest,
     DecodeResponse,
@@ -21,18 +22,11 @@ from ..latent_schemas import (
     InterpolateResponse,
     InterpolationEndpoint,
 )
-from ..latentio import images_payload, latents_payload, latents_to_tensors
+from ..operations import EncodeInput, LatentsInput
 from ..registry import ServedEntry
 from ..schemas import error_responses
-from ..state import AppState, Authorized, ReadyState
-from .common import (
-    check_image_count,
-    check_sample_count,
-    json_response,
-    raw_images_response,
-    timings,
-    until_disconnect,
-)
+from ..state import AppState, Authorized, ReadyState, RequestLimits
+from .common import Call, json_response, raw_images_response, timings, until_disconnect
 
 router = APIRouter(tags=["latent space"])
 
@@ -47,6 +41,39 @@ _IMAGE_RESPONSES = {
     },
     **_ERRORS,
 }
+EncodeCall = Call[EncodeRequest, EncodeInput]
+DecodeCall = Call[DecodeRequest, LatentsInput]
+InterpolateCall = Call[InterpolateRequest, None]
+
+
+def _encode_input(images: torch.Tensor, ends: list[InterpolationEndpoint | EncodeRequest]) -> EncodeInput:
+    return EncodeInput(images, torch.tensor([end.dequantization == "hashed" for end in ends]))
+
+
+async def encode_call(
+    body: EncodeRequest, state: ReadyState, _: Authorized, limits: RequestLimits
+) -> EncodeCall:
+    limits.check_images(len(body.images))
+    entry = state.registry.get(body.model)
+    labels = [f"images[{i}]" for i in range(len(body.images))]
+    images = images_to_tensor(body.images, entry.model.image_shape, labels)
+    return Call(body, entry, _encode_input(images, [body] * len(body.images)))
+
+
+async def decode_call(
+    body: DecodeRequest, state: ReadyState, _: Authorized, limits: RequestLimits
+) -> DecodeCall:
+    entry = state.registry.get(body.model)
+    latents = latents_to_tensors(body.latents, entry.model.flow.latent_shapes())
+    limits.check_samples(latents[0].shape[0], "number of images")
+    return Call(body, entry, LatentsInput(tuple(latents)))
+
+
+async def interpolate_call(
+    body: InterpolateRequest, state: ReadyState, _: Authorized, limits: RequestLimits
+) -> InterpolateCall:
+    limits.check_samples(body.steps, "steps")
+    return Call(body, state.registry.get(body.model), None)
 
 
 def _raw_response(request: Request, images: torch.Tensor, model: str) -> Response | None:
@@ -55,10 +82,10 @@ def _raw_response(request: Request, images: torch.Tensor, model: str) -> Respons
 
 
 async def _decode(
-    request: Request, state: AppState, entry: ServedEntry, latents: list[torch.Tensor]
+    request: Request, state: AppState, entry: ServedEntry, latents: LatentsInput
 ) -> BatchResult:
     result = await until_disconnect(request, entry.sample.submit(latents, state.settings.request_timeout_s))
-    state.metrics.images_generated.labels(model=entry.model.name).inc(latents[0].shape[0])
+    state.metrics.images_generated.labels(model=entry.model.name).inc(latents.latents[0].shape[0])
     return result
 
 
@@ -81,20 +108,17 @@ def _images_response(
 
 
 @router.post("/encode", response_model=EncodeResponse, responses=_ERRORS)
-async def encode(body: EncodeRequest, request: Request, state: ReadyState, _: Authorized) -> Response:
+async def encode(
+    call: Annotated[EncodeCall, Depends(encode_call)], request: Request, state: ReadyState
+) -> Response:
     """Images → latents per level (finest first) and log|det ∂z/∂x|. /decode of these latents gives the
     images back; with `dequantization: hashed`, log N(z) + log_det is /logprob's value (K = 1)."""
     started = time.perf_counter()
-    settings = state.settings
-    check_image_count(len(body.images), settings.max_images_per_request)
-    entry = state.registry.get(body.model)
-    labels = [f"images[{i}]" for i in range(len(body.images))]
-    images = images_to_tensor(body.images, entry.model.image_shape, labels)
-    hashed = torch.full((len(body.images),), body.dequantization == "hashed")
+    body, entry = call.body, call.entry
     result = await until_disconnect(
-        request, entry.encode.submit([images, hashed], settings.request_timeout_s)
+        request, entry.encode.submit(call.inputs, state.settings.request_timeout_s)
     )
-    latents, log_det, log_prob = entry.model.unpack_encoded(result.output)
+    encoded = result.output
     request.state.log.update(model=entry.model.name, images=len(body.images))
     return json_response(
         EncodeResponse(
@@ -103,26 +127,27 @@ async def encode(body: EncodeRequest, request: Request, state: ReadyState, _: Au
             format=body.format,
             dequantization=body.dequantization,
             latent_shapes=[list(s) for s in entry.model.flow.latent_shapes()],
-            latents=latents_payload(latents, body.format),
-            log_det=log_det.tolist(),
-            log_prob=log_prob.tolist(),
+            latents=latents_payload(list(encoded.latents), body.format),
+            log_det=encoded.log_det.tolist(),
+            log_prob=encoded.log_prob.tolist(),
             timings=timings(started, [result]),
         )
     )
 
 
 @router.post("/decode", response_model=DecodeResponse, responses=_IMAGE_RESPONSES)
-async def decode(body: DecodeRequest, request: Request, state: ReadyState, _: Authorized):
+async def decode(call: Annotated[DecodeCall, Depends(decode_call)], request: Request, state: ReadyState):
     """Latents (one array per level, as /encode returns them) → images. Shares /sample's batches."""
     started = time.perf_counter()
-    entry = state.registry.get(body.model)
-    latents = latents_to_tensors(body.latents, entry.model.flow.latent_shapes())
-    n = latents[0].shape[0]
-    check_sample_count(n, "number of images", state.settings)
-    result = await _decode(request, state, entry, latents)
-    request.state.log.update(model=entry.model.name, images=n)
+    result = await _decode(request, state, call.entry, call.inputs)
+    request.state.log.update(model=call.entry.model.name, images=result.output.shape[0])
     return _images_response(
-        DecodeResponse, request, entry, result.output, body.format, timings=timings(started, [result])
+        DecodeResponse,
+        request,
+        call.entry,
+        result.output,
+        call.body.format,
+        timings=timings(started, [result]),
     )
 
 
@@ -142,26 +167,24 @@ async def _endpoint_latents(
         entry.model.image_shape,
         [f"{n}.image" for n in with_images],
     )
-    hashed = torch.tensor([ends[name].dequantization == "hashed" for name in with_images])
-    result = await until_disconnect(
-        request, entry.encode.submit([images, hashed], state.settings.request_timeout_s)
-    )
-    latents, _, _ = entry.model.unpack_encoded(result.output)
+    inputs = _encode_input(images, [ends[name] for name in with_images])
+    result = await until_disconnect(request, entry.encode.submit(inputs, state.settings.request_timeout_s))
     for i, name in enumerate(with_images):
-        out[name] = [z[i : i + 1] for z in latents]
+        out[name] = [z[i : i + 1] for z in result.output.latents]
     return out, [result]
 
 
 @router.post("/interpolate", response_model=InterpolateResponse, responses=_IMAGE_RESPONSES)
-async def interpolate(body: InterpolateRequest, request: Request, state: ReadyState, _: Authorized):
+async def interpolate(
+    call: Annotated[InterpolateCall, Depends(interpolate_call)], request: Request, state: ReadyState
+):
     """The path between two images or seeds in latent space (all levels together), decoded: `steps`
     images from `start` to `end`, both included; `spherical` (slerp, default) or `linear`."""
     started = time.perf_counter()
-    check_sample_count(body.steps, "steps", state.settings)
-    entry = state.registry.get(body.model)
+    body, entry = call.body, call.entry
     ends, results = await _endpoint_latents(request, state, entry, {"start": body.start, "end": body.end})
     path, t = interpolate_latents(ends["start"], ends["end"], body.steps, body.method)
-    results.append(await _decode(request, state, entry, path))
+    results.append(await _decode(request, state, entry, LatentsInput(tuple(path))))
     request.state.log.update(model=entry.model.name, images=body.steps)
     return _images_response(
         InterpolateResponse,

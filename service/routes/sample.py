@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import secrets
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
-from ..latentio import images_payload
+from ..codec import images_payload
+from ..operations import LatentsInput
 from ..schemas import MAX_SEED, SampleRequest, SampleResponse, error_responses
-from ..state import Authorized, ReadyState
-from .common import check_sample_count, json_response, raw_images_response, timings, until_disconnect
+from ..state import Authorized, ReadyState, RequestLimits
+from .common import Call, json_response, raw_images_response, timings, until_disconnect
 
 router = APIRouter(tags=["inference"])
+SampleCall = Call[SampleRequest, None]
+
+
+async def sample_call(
+    body: SampleRequest, state: ReadyState, _: Authorized, limits: RequestLimits
+) -> SampleCall:
+    entry = state.registry.get(body.model)
+    limits.check_samples(body.num_samples, "num_samples")
+    return Call(body, entry, None)
 
 
 @router.post(
@@ -28,15 +39,15 @@ router = APIRouter(tags=["inference"])
         **error_responses(400, 401, 404, 413, 422, 500, 503, 504),
     },
 )
-async def sample(body: SampleRequest, request: Request, state: ReadyState, _: Authorized):
+async def sample(call: Annotated[SampleCall, Depends(sample_call)], request: Request, state: ReadyState):
     """Generate `num_samples` images. The same seed gives the same images, however requests are batched."""
     started = time.perf_counter()
-    settings = state.settings
-    entry = state.registry.get(body.model)
-    check_sample_count(body.num_samples, "num_samples", settings)
+    body, entry = call.body, call.entry
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     latents = entry.model.draw_latents(body.num_samples, body.temperature, seed)
-    result = await until_disconnect(request, entry.sample.submit(latents, settings.request_timeout_s))
+    result = await until_disconnect(
+        request, entry.sample.submit(LatentsInput(tuple(latents)), state.settings.request_timeout_s)
+    )
     images = result.output
     state.metrics.images_generated.labels(model=entry.model.name).inc(body.num_samples)
     request.state.log.update(model=entry.model.name, images=body.num_samples, seed=seed)

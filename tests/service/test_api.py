@@ -307,7 +307,7 @@ def test_client_library_and_cli_against_a_real_server(real_server, tmp_path, dig
 
 
 def test_inference_threads_leave_a_core_to_the_event_loop_on_a_cpu(monkeypatch):
-    from service.model_api import resolve_threads
+    from service.runtime import resolve_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})

@@ -10,9 +10,10 @@ import time
 import pytest
 import torch
 
-from service.batching import Batcher, BatchFailed, InferenceThread
-from service.errors import DeadlineExceeded, NotReady, Overloaded
+from service.batching import Batcher, InferenceThread
+from service.errors import BatchFailed, DeadlineExceeded, NotReady, Overloaded
 from service.metrics import Metrics
+from service.operations import Operation
 
 
 class Recorder:
@@ -23,8 +24,8 @@ class Recorder:
         self.threads: list[str] = []  # the thread each batch ran on
         self.delay, self.fail, self.oom_above = delay, fail, oom_above
 
-    def __call__(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        n = inputs[0].shape[0]
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        n = inputs.shape[0]
         if self.oom_above is not None and n > self.oom_above:
             raise torch.OutOfMemoryError("simulated: batch too large for the device")
         if self.fail:
@@ -35,17 +36,29 @@ class Recorder:
             time.sleep(self.delay)
         self.sizes.append(n)
         self.threads.append(threading.current_thread().name)
-        return inputs[0] * 2
+        return inputs * 2
+
+
+class Run(Operation[torch.Tensor, torch.Tensor]):
+    """An operation on plain tensor rows that predicts with the given batch function."""
+
+    name = "op"
+
+    def __init__(self, run):
+        self.run = run
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.run(batch)
 
 
 def make(run, inference: InferenceThread | None = None, **kwargs) -> Batcher:
     options = dict(max_batch_images=8, max_wait_s=0.05, max_queue_images=64)
     options.update(kwargs)
-    return Batcher("m", "op", run, inference or InferenceThread(), Metrics(), **options)
+    return Batcher("m", Run(run), inference or InferenceThread(), Metrics(), **options)
 
 
-def rows(start: int, n: int) -> list[torch.Tensor]:
-    return [torch.arange(start, start + n, dtype=torch.float32)]
+def rows(start: int, n: int) -> torch.Tensor:
+    return torch.arange(start, start + n, dtype=torch.float32)
 
 
 async def test_concurrent_requests_share_a_batch_and_get_their_own_rows():

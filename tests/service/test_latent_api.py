@@ -336,7 +336,7 @@ def test_bad_encode_requests_get_a_clear_4xx(client, digits):
     )
 
 
-LAX = [  # issue 12's contract: no booleans for integers, no strings for numbers, bounded strings
+LAX = [  # the API contract: no booleans for integers, no strings for numbers, bounded strings
     ("/interpolate", {"start": {"seed": 1}, "end": {"seed": 2}, "steps": True}, "steps"),
     ("/interpolate", {"start": {"seed": 1}, "end": {"seed": 2}, "steps": "3"}, "steps"),
     ("/interpolate", {"start": {"seed": False}, "end": {"seed": 2}}, "start.seed"),
