@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .flow import MultiScaleFlow
+from .layers import subnets_in
 from .scoring import GraphSession
 
 __all__ = ["Decoder", "draw_latents", "onnx_decoder", "torch_decoder"]
@@ -23,12 +24,21 @@ def draw_latents(flow: MultiScaleFlow, n: int, temperature: float, seed: int) ->
     return flow.sample_latents(n, temperature, torch.Generator().manual_seed(seed))
 
 
-def torch_decoder(flow: MultiScaleFlow) -> Decoder:
-    """The flow's own inverse, on its device."""
+def torch_decoder(flow: MultiScaleFlow, subnet_dtype: torch.dtype | None = None) -> Decoder:
+    """The flow's own inverse, on its device; `subnet_dtype` (bfloat16) runs its coupling networks under
+    autocast, the transforms staying float32 (`model.layers.subnets_in`). oneDNN computes a bfloat16
+    convolution of one image differently from the same image in a batch of several (another kernel), so
+    a lone image is decoded beside a copy of itself: an image's pixels then never depend on the batch."""
     device = next(flow.parameters()).device
 
     def decode(latents: Sequence[torch.Tensor]) -> torch.Tensor:
-        return flow.to_uint8(flow.decode([z.to(device) for z in latents])).cpu()
+        zs = [z.to(device) for z in latents]
+        alone = subnet_dtype is not None and zs[0].shape[0] == 1
+        if alone:
+            zs = [z.expand(2, *z.shape[1:]) for z in zs]
+        with subnets_in(subnet_dtype):
+            images = flow.to_uint8(flow.decode(zs)).cpu()
+        return images[:1] if alone else images
 
     return decode
 

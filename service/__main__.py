@@ -7,6 +7,12 @@ stop accepting connections, finish queued work, then exit.
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning, so that a core taken by
+# another process slows inference by its share instead of collapsing it (service/runtime.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import logging
 import sys

@@ -53,10 +53,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.freeze()
     state.registry, state.ready = registry, True
     log.info(
-        "ready: %s (default %s) on %s, %d inference threads",
+        "ready: %s (default %s) on %s, %d instance(s) of %d intra-op thread(s)",
         ", ".join(sorted(registry.entries)),
         registry.default,
         runtime.device,
+        settings.instances,
         torch.get_num_threads(),
     )
     try:
@@ -78,8 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Exact log-likelihoods and fast sampling for FInC Flow, Inverse-Flow and Glow models.",
         lifespan=_lifespan,
     )
-    # One inference thread per process: batches run one at a time and use all torch threads.
-    inference = InferenceThread(inline_max_s=settings.inline_max_ms / 1000)
+    # One inference thread per model instance; each batcher runs up to `instances` batches at once.
+    inference = InferenceThread(inline_max_s=settings.inline_max_ms / 1000, instances=settings.instances)
     app.state.flows = AppState(settings, metrics_, inference)
     install_error_handlers(app)
     for router in (health.router, metrics.router, models.router, sample.router, logprob.router):

@@ -40,17 +40,22 @@ Out = TypeVar("Out")
 
 
 class InferenceThread:
-    """The one inference thread every batcher shares, and when a batch may skip it.
+    """The inference threads every batcher shares (one per model instance), and when a batch may skip them.
 
-    A batch normally runs on the thread, so that the event loop goes on parsing, decoding and answering
-    requests meanwhile. When there is nothing else to go on with (no HTTP request in flight besides the
-    batch's own, no batch on the thread, nothing queued behind it) and the batch is predicted to take at
-    most `inline_max_s`, it runs on the event loop instead: no one waits for the loop, and the two thread
-    hand-offs are saved (0.6-1.6 ms a request on a 2-core VM, `benchmarks/results/inline_ab.json`).
+    A batch normally runs on an inference thread, so that the event loop goes on parsing, decoding and
+    answering requests meanwhile. With `instances` > 1 each batcher runs up to that many batches at once,
+    one per thread, on the same (read-only) weights. When there is nothing else to go on with (no HTTP
+    request in flight besides the batch's own, no batch on a thread, nothing queued behind it) and the
+    batch is predicted to take at most `inline_max_s`, it runs on the event loop instead: no one waits
+    for the loop, and the two thread hand-offs are saved (0.6-1.6 ms a request on a 2-core VM,
+    `benchmarks/results/inline_ab.json`).
     """
 
-    def __init__(self, inline_max_s: float = 0.0):
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+    def __init__(self, inline_max_s: float = 0.0, instances: int = 1):
+        if instances < 1:
+            raise ValueError(f"instances must be at least 1, got {instances}")
+        self.instances = instances
+        self.executor = ThreadPoolExecutor(instances, thread_name_prefix="inference")
         self.inline_max_s = inline_max_s
         self.requests_in_flight = 0  # HTTP requests being handled, kept by the request middleware
         self.running = 0  # batches on the thread
@@ -127,10 +132,13 @@ class Batcher(Generic[In, Out]):
         self._labels = {"model": model, "op": self.op}
         self._images_per_s: float | None = None  # moving average over executed batches
         self._backlog_since: float | None = None  # end of the last batch, if work was still queued then
+        self._slots: asyncio.Semaphore | None = None  # batches in flight, up to the instances
+        self._running: set[asyncio.Task] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
         if self._task is None:
+            self._slots = asyncio.Semaphore(self.inference.instances)
             self._task = asyncio.get_running_loop().create_task(
                 self._loop(), name=f"batcher-{self.model}-{self.op}"
             )
@@ -161,11 +169,12 @@ class Batcher(Generic[In, Out]):
                 status=self.overload_status,
                 retry_after_s=self.retry_after_s,
             )
-        if self._images_per_s and (self._queued_images + n) / self._images_per_s > timeout_s:
+        capacity = self._images_per_s * self.inference.instances if self._images_per_s else None
+        if capacity and (self._queued_images + n) / capacity > timeout_s:
             self.metrics.rejections.labels(reason="would_expire").inc()
             raise Overloaded(
                 f"{self._queued_images} images are queued for {self.model}/{self.op}, about "
-                f"{self._queued_images / self._images_per_s:.1f} s of work, more than this request's "
+                f"{self._queued_images / capacity:.1f} s of work, more than this request's "
                 f"deadline of {timeout_s:g} s; retry later",
                 status=self.overload_status,
                 retry_after_s=self.retry_after_s,
@@ -243,56 +252,73 @@ class Batcher(Generic[In, Out]):
                 return
 
     async def _loop(self) -> None:
+        assert self._slots is not None
         while True:
             await self._wait_for_batch()
             if not self._queue:
                 if self._closing:
+                    await asyncio.gather(*self._running)
                     return
                 continue
+            await self._slots.acquire()  # a free instance: meanwhile new requests join the queue
             batch = self._take_batch()
             if not batch:
+                self._slots.release()
                 continue
-            started = time.monotonic()
-            for w in batch:
-                w.queue_s = started - w.enqueued
-                self.metrics.queue_wait.labels(**self._labels).observe(w.queue_s)
-            inputs = self.operation.batch([w.item for w in batch])
-            total = sum(w.n for w in batch)
-            predicted_s = total / self._images_per_s if self._images_per_s else None
-            # Only the last queued batch may run inline: batches back to back on the loop would block it
-            # for all of them (a request split into chunks), while one is bounded by the budget.
-            inline = not self._queue and self.inference.inline(len(batch), predicted_s)
-            try:
-                if inline:
-                    output = self._execute(inputs)
-                else:
-                    output = await self.inference.run(self._execute, inputs)
-                returned = self.operation.size(output)
-                if returned != total:
-                    raise RuntimeError(f"batch of {total} rows returned {returned}")
-            except Exception:
-                log.exception("batch of %d images for %s/%s failed", total, self.model, self.op)
-                for w in batch:
-                    if not w.future.done():
-                        w.future.set_exception(BatchFailed("inference failed; see the server log"))
-                continue
-            ended = time.monotonic()
-            elapsed = ended - started
-            # With a backlog, the time between batches (the event loop serving other work) is part of
-            # the cost of draining the queue, so the rate is measured end to end.
-            busy = ended - self._backlog_since if self._backlog_since is not None else elapsed
-            self._backlog_since = ended if self._queue else None
-            rate = total / max(busy, 1e-6)
-            self._images_per_s = rate if self._images_per_s is None else 0.8 * self._images_per_s + 0.2 * rate
-            self.metrics.inference.labels(**self._labels).observe(elapsed)
-            self.metrics.batch_images.labels(**self._labels).observe(total)
-            self.metrics.batch_requests.labels(**self._labels).observe(len(batch))
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[_Work]) -> None:
+        """Run one batch and resolve its futures; releases its instance slot when done."""
+        try:
+            await self._run_batch(batch)
+        finally:
+            assert self._slots is not None
+            self._slots.release()
+
+    async def _run_batch(self, batch: list[_Work]) -> None:
+        started = time.monotonic()
+        for w in batch:
+            w.queue_s = started - w.enqueued
+            self.metrics.queue_wait.labels(**self._labels).observe(w.queue_s)
+        inputs = self.operation.batch([w.item for w in batch])
+        total = sum(w.n for w in batch)
+        predicted_s = total / self._images_per_s if self._images_per_s else None
+        # Only the last queued batch may run inline: batches back to back on the loop would block it
+        # for all of them (a request split into chunks), while one is bounded by the budget.
+        inline = not self._queue and self.inference.inline(len(batch), predicted_s)
+        try:
             if inline:
-                self.metrics.inline_batches.labels(**self._labels).inc()
-            for w, rows in zip(batch, self.operation.unbatch(output, [w.n for w in batch]), strict=True):
-                w.inference_s = elapsed
+                output = self._execute(inputs)
+            else:
+                output = await self.inference.run(self._execute, inputs)
+            returned = self.operation.size(output)
+            if returned != total:
+                raise RuntimeError(f"batch of {total} rows returned {returned}")
+        except Exception:
+            log.exception("batch of %d images for %s/%s failed", total, self.model, self.op)
+            for w in batch:
                 if not w.future.done():
-                    w.future.set_result(rows)
+                    w.future.set_exception(BatchFailed("inference failed; see the server log"))
+            return
+        ended = time.monotonic()
+        elapsed = ended - started
+        # With a backlog, the time between batches (the event loop serving other work) is part of
+        # the cost of draining the queue, so the rate is measured end to end.
+        busy = ended - self._backlog_since if self._backlog_since is not None else elapsed
+        self._backlog_since = ended if self._queue else None
+        rate = total / max(busy, 1e-6)
+        self._images_per_s = rate if self._images_per_s is None else 0.8 * self._images_per_s + 0.2 * rate
+        self.metrics.inference.labels(**self._labels).observe(elapsed)
+        self.metrics.batch_images.labels(**self._labels).observe(total)
+        self.metrics.batch_requests.labels(**self._labels).observe(len(batch))
+        if inline:
+            self.metrics.inline_batches.labels(**self._labels).inc()
+        for w, rows in zip(batch, self.operation.unbatch(output, [w.n for w in batch]), strict=True):
+            w.inference_s = elapsed
+            if not w.future.done():
+                w.future.set_result(rows)
 
     def _execute(self, batch: In) -> Out:
         """Run one batch; on CUDA out-of-memory, run it as two halves (recursively)."""

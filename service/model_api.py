@@ -16,6 +16,8 @@ import torch
 import kernels_cuda
 from model import MultiScaleFlow, load_flow, read_config
 from model.architectures import Pass, get_architecture
+from model.hardware import native_bfloat16
+from model.layers import subnets_channels_last
 from model.sampling import Decoder, draw_latents, onnx_decoder, torch_decoder
 from model.scoring import Encoding, LogDensity, encode, log_prob, onnx_log_density, torch_log_density
 
@@ -39,10 +41,30 @@ class ServedModel:
     backend: str = "torch"
     onnx: dict[str, OnnxPass] = field(default_factory=dict)
     use_onnx: dict[str, bool] = field(default_factory=dict)
+    sample_dtype: torch.dtype | None = None  # bfloat16: sampling's coupling networks under autocast
 
     @classmethod
-    def load(cls, path: Path, device: torch.device, backend: str = "torch", threads: int = 0) -> ServedModel:
-        flow = load_flow(path, device=device).freeze()
+    def load(
+        cls,
+        path: Path,
+        device: torch.device,
+        backend: str = "torch",
+        threads: int = 0,
+        precision: str = "float32",
+    ) -> ServedModel:
+        """The checkpoint at `path`, frozen for inference, its coupling networks channels-last (oneDNN's
+        and cuDNN's fast layout; the same float32 results up to rounding), with the ONNX passes `backend`
+        asks for. `precision` bf16 samples with bfloat16 coupling networks on torch, where the hardware
+        computes bfloat16 natively (so that pass never goes to onnxruntime's float32 graph)."""
+        flow = subnets_channels_last(load_flow(path, device=device).freeze())
+        sample_dtype = None
+        if precision == "bf16":
+            if native_bfloat16(device):
+                sample_dtype = torch.bfloat16
+            else:
+                log.warning(
+                    "%s: bf16 sampling asked for, but %s has no native bfloat16: float32", path.name, device
+                )
         onnx: dict[str, OnnxPass] = {}
         if backend == "onnx":
             onnx = load_onnx_passes(path, device, threads)
@@ -57,7 +79,11 @@ class ServedModel:
                 path.name,
                 path,
             )
-        model = cls(path.name, path, flow, read_config(path), device, backend, onnx)
+        if sample_dtype is not None:
+            onnx.pop("sample", None)
+        model = cls(
+            path.name, path, flow, read_config(path), device, backend, onnx, sample_dtype=sample_dtype
+        )
         model.use_onnx = {name: True for name in onnx}
         return model
 
@@ -71,7 +97,9 @@ class ServedModel:
 
     # -- the passes, on the backend chosen for each ------------------------------------------------------
     def _decoder(self) -> Decoder:
-        return onnx_decoder(self.onnx["sample"]) if self.use_onnx.get("sample") else torch_decoder(self.flow)
+        if self.use_onnx.get("sample"):
+            return onnx_decoder(self.onnx["sample"])
+        return torch_decoder(self.flow, self.sample_dtype)
 
     def _log_density(self) -> LogDensity:
         return (
@@ -161,4 +189,5 @@ class ServedModel:
             return f"onnxruntime:{self.onnx[name].provider}"
         solves = get_architecture(self.flow.config.arch).solve_pass == name
         kernel = kernels_cuda.serving_backend(self.device) if solves else "torch"
-        return f"torch:{self.device.type}" + ("" if kernel == "torch" else f"+solve:{kernel}")
+        label = f"torch:{self.device.type}" + ("" if kernel == "torch" else f"+solve:{kernel}")
+        return label + ("+bf16" if name == "sample" and self.sample_dtype is not None else "")

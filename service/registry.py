@@ -64,7 +64,9 @@ class ModelRegistry:
         )
         entries = {}
         for path in dirs:
-            model = ServedModel.load(path, runtime.device, settings.backend, runtime.threads)
+            model = ServedModel.load(
+                path, runtime.device, settings.backend, runtime.threads, settings.precision
+            )
             batchers = {
                 op.name: Batcher(model.name, op(model), inference, metrics, **limits) for op in OPERATIONS
             }

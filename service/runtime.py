@@ -1,5 +1,12 @@
-"""Process set-up for serving: the device, the inference thread count, malloc tuning and, on a GPU, the
-solve kernels, all settled once at start-up so that no request pays for them."""
+"""Process set-up for serving: the device, the inference thread count, malloc tuning and the solve kernels,
+all settled once at start-up so that no request pays for them.
+
+The thread policy, for CPUs shared with other work: each instance runs on its share of the cores; the
+native solve has one parallel region per call whose idle threads sleep; and `OMP_WAIT_POLICY=PASSIVE`
+(set by the `python -m service` and `flowserve` entry points before torch loads, unless the environment
+sets it) makes torch's OpenMP threads sleep between parallel regions instead of spinning, so a core taken
+by another process costs a share of the work instead of a collapse: every torch convolution is a
+parallel region whose threads otherwise wait, spinning, for the one that was descheduled."""
 
 from __future__ import annotations
 
@@ -36,22 +43,22 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def resolve_threads(requested: int, device: torch.device) -> int:
-    """Intra-op threads for inference; 0 means "leave the library defaults". `requested` 0 (auto) on a CPU
-    device: one fewer than the usable cores, at least 1, so the event loop keeps a core for HTTP, decoding
-    and encoding instead of contending with inference (on 2 cores that halved the idle overhead and doubled
-    small-request throughput: docs/performance.md). Where `OMP_NUM_THREADS` is set (Ray sets it per
-    replica) or on a GPU, the defaults stay."""
+def resolve_threads(requested: int, device: torch.device, instances: int = 1) -> int:
+    """Intra-op threads of each inference instance; 0 means "leave the library defaults". `requested` 0
+    (auto) on a CPU device: the usable cores less one, shared among the instances, at least 1 each, so the
+    event loop keeps a core for HTTP, decoding and encoding instead of contending with inference (on 2
+    cores that halved the idle overhead and doubled small-request throughput: docs/performance.md). Where
+    `OMP_NUM_THREADS` is set (Ray sets it per replica) or on a GPU, the defaults stay."""
     if requested or device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
         return requested
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    return max(1, (len(os.sched_getaffinity(0)) - 1) // instances)
 
 
 def set_up_process(settings: Settings) -> Runtime:
     """Resolve the device and threads, apply the thread count, and keep freed memory between batches."""
     device = resolve_device(settings.device)
     tune_malloc()  # every batch frees and reallocates the same tensors: keep the memory, skip page faults
-    threads = resolve_threads(settings.torch_threads, device)
+    threads = resolve_threads(settings.torch_threads, device, settings.instances)
     if threads:
         torch.set_num_threads(threads)
     return Runtime(device, threads)

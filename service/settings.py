@@ -60,8 +60,22 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0,
         ge=0,
-        description="inference intra-op threads, torch and onnxruntime (0: on a CPU, the usable cores less "
-        "one, kept for the event loop; torch's default where OMP_NUM_THREADS is set, and on a GPU)",
+        description="intra-op threads of each inference instance, torch, onnxruntime and the native solve "
+        "(0: on a CPU, the usable cores less one, kept for the event loop, shared among the instances; "
+        "torch's default where OMP_NUM_THREADS is set, and on a GPU)",
+    )
+    instances: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="model instances per process (inference threads): each batcher runs up to this many "
+        "batches at once, each instance on its share of the cores",
+    )
+    precision: Literal["float32", "bf16"] = Field(
+        "float32",
+        description="sampling's coupling networks (/sample, /decode, /interpolate): bf16 runs them in "
+        "bfloat16 where the CPU or GPU computes it natively, about 2-3x faster, and changes samples "
+        "slightly (the same seed still gives the same images); scoring is always float32",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="server log level")
 

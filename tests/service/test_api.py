@@ -313,6 +313,8 @@ def test_inference_threads_leave_a_core_to_the_event_loop_on_a_cpu(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     cpu = torch.device("cpu")
     assert resolve_threads(0, cpu) == 3
+    assert resolve_threads(0, cpu, instances=2) == 1  # instances share the cores
+    assert resolve_threads(0, cpu, instances=8) == 1
     assert resolve_threads(2, cpu) == 2  # an explicit number wins
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
     assert resolve_threads(0, cpu) == 1  # never zero threads

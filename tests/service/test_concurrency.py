@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import signal
 import time
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from model.hardware import native_bfloat16
 
 from .conftest import SHIPPED, RealServer
 
@@ -184,3 +188,55 @@ async def test_a_client_that_disconnects_has_its_queued_work_cancelled():
         # Chunks of the abandoned request still queued never ran: fewer than 2 × 128 images computed.
         computed = histogram(metrics, "flows_batch_images", "sample")["_sum"]
         assert computed < 256
+
+
+def _images(response: httpx.Response) -> np.ndarray:
+    return np.load(io.BytesIO(base64.b64decode(response.json()["npy"])))
+
+
+async def _alone_and_in_a_crowd(client: httpx.AsyncClient, body: dict) -> tuple[str, str]:
+    """A request's images asked alone, then again in the middle of eight other requests."""
+    alone = (await client.post("/sample", json=body)).json()["npy"]
+    crowd = [client.post("/sample", json={**body, "seed": s, "num_samples": 1 + s % 4}) for s in range(8)]
+    responses = await asyncio.gather(*crowd[:4], client.post("/sample", json=body), *crowd[4:])
+    assert all(r.status_code == 200 for r in responses)
+    return alone, responses[4].json()["npy"]
+
+
+@pytest.mark.skipif(not native_bfloat16("cpu"), reason="no native bfloat16 on this CPU")
+async def test_bf16_sampling_changes_samples_slightly_and_never_with_the_batch():
+    """`--precision bf16`: the same seed gives the same images alone and in a crowd, a one-image request
+    included (oneDNN computes a batch of one differently); they are close to float32's, not equal."""
+    body = {"model": "finc-mnist", "num_samples": 3, "seed": 99, "temperature": 0.8, "format": "npy"}
+    with RealServer("--precision", "bf16", "--no-warmup") as server:
+        async with httpx.AsyncClient(base_url=server.wait_ready().url, timeout=60) as client:
+            models = (await client.get("/models")).json()["models"]
+            assert all(m["backend"]["sample"].endswith("+bf16") for m in models)
+            for model in (m["name"] for m in models):
+                for n in (1, 3):
+                    alone, crowded = await _alone_and_in_a_crowd(
+                        client, {**body, "model": model, "num_samples": n}
+                    )
+                    assert alone == crowded, (model, n)
+            bf16 = _images(await client.post("/sample", json=body))
+    with RealServer("--no-warmup") as server:
+        async with httpx.AsyncClient(base_url=server.wait_ready().url, timeout=60) as client:
+            f32 = _images(await client.post("/sample", json=body))
+    diff = np.abs(f32.astype(int) - bf16.astype(int))
+    assert 0 < diff.mean() < 8  # other samples, slightly: the mean pixel moves by under 8 of 255 levels
+
+
+async def test_two_instances_answer_as_one_and_run_batches_side_by_side():
+    """`--instances 2`: two batches of one model run at once (the metrics see batches overlap), and the
+    answers are those of one instance."""
+    body = {"num_samples": 8, "seed": 5, "format": "npy"}
+    answers = {}
+    for instances in ("1", "2"):
+        with RealServer("--instances", instances, "--no-warmup", "--inline-max-ms", "0") as server:
+            async with httpx.AsyncClient(base_url=server.wait_ready().url, timeout=60) as client:
+                responses = await asyncio.gather(
+                    *(client.post("/sample", json={**body, "seed": s}) for s in range(16))
+                )
+                assert all(r.status_code == 200 for r in responses)
+                answers[instances] = [r.json()["npy"] for r in responses]
+    assert answers["1"] == answers["2"]
