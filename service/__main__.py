@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from .app import create_app
+from .protocol import protocol_class
 from .settings import Settings
 
 __all__ = ["DESCRIPTION", "build_parser", "main"]
@@ -99,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # our middleware logs one structured line per request
-        # uvicorn[standard]: uvloop and httptools when installed ("auto"), the pure-Python ones otherwise
+        # uvicorn[standard]: uvloop and httptools when installed ("auto"), the pure-Python ones otherwise;
+        # either with a deadline for the request head (service/protocol.py)
         loop="auto",
-        http="auto",
+        http=protocol_class(settings.header_timeout_s),
+        timeout_keep_alive=settings.keep_alive_s,
+        limit_concurrency=settings.max_connections,
         timeout_graceful_shutdown=max(5, int(settings.request_timeout_s) + 5),
     )
     _Server(config, app).run()

@@ -12,19 +12,23 @@ import torch
 from fastapi import FastAPI
 
 from .batching import InferenceThread
+from .bodies import register_schemas
 from .errors import install_error_handlers
+from .latent_schemas import DecodeRequest, EncodeRequest, InterpolateRequest
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
 from .registry import ModelRegistry, checkpoint_dirs
 from .routes import health, latent, logprob, metrics, models, playground, sample
 from .runtime import prepare_kernels, set_up_process
-from .schemas import publish_limits
+from .schemas import SampleRequest, publish_limits
 from .settings import Settings
 from .state import AppState
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("service")
+# The request models of the routes that parse their bodies with `bodies.json_body`.
+JSON_BODIES = (SampleRequest, EncodeRequest, DecodeRequest, InterpolateRequest)
 
 
 def _warmup_sizes(settings: Settings) -> list[int]:
@@ -93,13 +97,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics_,
         max_body_bytes=settings.max_body_bytes,
         inference=inference,
+        body_timeout_s=settings.body_timeout_s,
+        api_key=settings.api_key,
     )
     default_openapi = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
+            spec = register_schemas(default_openapi(), JSON_BODIES)  # bodies parsed off the event loop
             publish_limits(
-                default_openapi(),
+                spec,
                 max_samples=settings.max_samples_per_request,
                 max_images=settings.max_images_per_request,
                 models=[p.name for p in checkpoint_dirs(settings.models)],

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
+import warnings
 
 import numpy as np
 import torch
@@ -27,6 +29,12 @@ __all__ = [
 ]
 
 NPY_MAGIC = b"\x93NUMPY"
+IMAGE_FORMATS = ("PNG", "JPEG")
+# .npy dtypes an image or a latent array may have: booleans, integers and reals (no objects, strings,
+# records or complex numbers, whose headers can declare gigabytes in a few bytes).
+_NPY_KINDS = frozenset("biuf")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 # -- shared decoding ----------------------------------------------------------------------------------
@@ -39,11 +47,31 @@ def _base64(text: str, label: str, error: type[ServiceError], data_url: bool = F
         raise error(f"{label}: not valid base64 ({exc})") from exc
 
 
-def _npy(data: bytes, label: str, error: type[ServiceError]) -> np.ndarray:
+def _npy(data: bytes, label: str, error: type[ServiceError], max_elements: int) -> np.ndarray:
+    """A `.npy` array read after its header is checked: an allowed dtype, at most `max_elements`
+    elements, and the bytes it declares actually present; nothing is allocated before that."""
+    stream = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        version = np.lib.format.read_magic(stream)
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }
+        if version not in read_header:
+            raise ValueError(f".npy format version {version} is not supported")
+        shape, fortran, dtype = read_header[version](stream, max_header_size=10_000)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise error(f"{label}: not a readable .npy array ({exc})") from exc
+    if dtype.hasobject or dtype.kind not in _NPY_KINDS or dtype.subdtype is not None:
+        raise error(f"{label}: .npy dtype {dtype} is not allowed (use integers or reals)")
+    count = math.prod(shape)
+    if count > max_elements:
+        raise error(f"{label}: .npy array declares {count} elements, more than the {max_elements} expected")
+    present = len(data) - stream.tell()
+    if present < count * dtype.itemsize:
+        raise error(f"{label}: .npy array declares {count * dtype.itemsize} bytes of data, has {present}")
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def _nested(values: list, label: str, error: type[ServiceError]) -> np.ndarray:
@@ -54,11 +82,26 @@ def _nested(values: list, label: str, error: type[ServiceError]) -> np.ndarray:
 
 
 # -- images in ----------------------------------------------------------------------------------------
-def _image_from_bytes(data: bytes, channels: int, label: str) -> np.ndarray:
+def _image_from_bytes(data: bytes, shape: tuple[int, int, int], label: str) -> np.ndarray:
+    """PNG, JPEG or `.npy` bytes as an array; the size a file declares is checked before anything is
+    decoded, so that a small file declaring a huge image costs nothing."""
+    channels, h, w = shape
     if data.startswith(NPY_MAGIC):
-        return _npy(data, label, InvalidImage)
+        return _npy(data, label, InvalidImage, max_elements=channels * h * w)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImage(f"{label}: the image declares far more pixels than {w}×{h} ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImage(f"{label}: not a readable PNG/JPEG image ({exc})") from exc
+    if im.size != (w, h):
+        im.close()
+        declared = f"{im.size[0]}×{im.size[1]}"
+        raise InvalidImage(f"{label}: expected shape {shape} (C, H, W), the file declares {declared} pixels")
+    try:
+        with im:
             im.load()
             mode = im.mode
             if mode in ("1", "P"):
@@ -79,9 +122,9 @@ def decode_image(item: bytes | str | list, shape: tuple[int, int, int], label: s
     """One image as `uint8 (C, H, W)`, checked against the model's shape and the pixel range [0, 255]."""
     c, h, w = shape
     if isinstance(item, bytes):
-        array = _image_from_bytes(item, c, label)
+        array = _image_from_bytes(item, shape, label)
     elif isinstance(item, str):
-        array = _image_from_bytes(_base64(item, label, InvalidImage, data_url=True), c, label)
+        array = _image_from_bytes(_base64(item, label, InvalidImage, data_url=True), shape, label)
     else:
         array = _nested(item, label, InvalidImage)
     if array.ndim == 2 and c == 1:
@@ -112,12 +155,12 @@ def images_to_tensor(items: list, shape: tuple[int, int, int], labels: list[str]
 
 
 # -- latents in ---------------------------------------------------------------------------------------
-def _latent_level(item: str | list, label: str) -> np.ndarray:
+def _latent_level(item: str | list, label: str, max_elements: int) -> np.ndarray:
     if isinstance(item, str):
         data = _base64(item, label, InvalidLatents)
         if not data.startswith(NPY_MAGIC):
             raise InvalidLatents(f"{label}: not a .npy array (send base64 .npy or a nested array)")
-        array = _npy(data, label, InvalidLatents)
+        array = _npy(data, label, InvalidLatents, max_elements)
     else:
         array = _nested(item, label, InvalidLatents)
     if array.dtype == np.bool_ or not (
@@ -127,9 +170,12 @@ def _latent_level(item: str | list, label: str) -> np.ndarray:
     return array
 
 
-def latents_to_tensors(items: list, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+def latents_to_tensors(
+    items: list, shapes: list[tuple[int, ...]], max_images: int = 65536
+) -> list[torch.Tensor]:
     """One float32 `(N, C, H, W)` tensor per level (a single `(C, H, W)` array counts as N = 1);
-    the first problem (number of levels, a level's shape, differing N, NaN/inf) raises `InvalidLatents`."""
+    the first problem (number of levels, a level's shape, differing N, NaN/inf, values beyond float32's
+    range, more than `max_images` images) raises `InvalidLatents`."""
     if len(items) != len(shapes):
         raise InvalidLatents(
             f"expected {len(shapes)} levels of latents (one array per level, finest first, shapes "
@@ -138,7 +184,7 @@ def latents_to_tensors(items: list, shapes: list[tuple[int, ...]]) -> list[torch
     tensors: list[torch.Tensor] = []
     for level, (item, shape) in enumerate(zip(items, shapes, strict=True)):
         label = f"latents[{level}]"
-        array = _latent_level(item, label)
+        array = _latent_level(item, label, max_elements=max_images * math.prod(shape))
         if array.ndim == len(shape):
             array = array[None]
         if array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != tuple(shape):
@@ -153,6 +199,8 @@ def latents_to_tensors(items: list, shapes: list[tuple[int, ...]]) -> list[torch
             )
         if not np.isfinite(array).all():
             raise InvalidLatents(f"{label}: contains NaN or infinite values")
+        if array.size and np.abs(array).max() > FLOAT32_MAX:
+            raise InvalidLatents(f"{label}: values beyond float32's range (±{FLOAT32_MAX:.3g})")
         tensors.append(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
     return tensors
 

@@ -18,6 +18,7 @@ __all__ = [
     "BatchFailed",
     "ClientDisconnected",
     "DeadlineExceeded",
+    "InternalError",
     "InvalidImage",
     "InvalidLatents",
     "NotReady",
@@ -25,12 +26,15 @@ __all__ = [
     "PayloadTooLarge",
     "ReplicaNotReady",
     "ReplicaUnavailable",
+    "RequestTimeout",
     "ServiceError",
     "TooManyImages",
     "Unauthorized",
     "UnknownModel",
     "UnsupportedMediaType",
+    "closest_union_member",
     "error_body",
+    "error_path",
     "install_error_handlers",
     "send_error",
 ]
@@ -69,7 +73,10 @@ class BadRequest(ServiceError, status=400, code="bad_request"):
 
 
 class Unauthorized(ServiceError, status=401, code="unauthorized"):
-    """A missing or wrong `X-API-Key` on a server that has a key."""
+    """A missing or wrong key (`X-API-Key` or `Authorization: Bearer`) on a server that has one."""
+
+    def __init__(self, message: str):
+        super().__init__(message, {"WWW-Authenticate": "Bearer"})
 
 
 class UnknownModel(ServiceError, status=404, code="unknown_model"):
@@ -81,7 +88,14 @@ class PayloadTooLarge(ServiceError, status=413, code="payload_too_large"):
 
 
 class UnsupportedMediaType(ServiceError, status=415, code="unsupported_media_type"):
-    """/logprob takes JSON or multipart bodies only."""
+    """A body in a content type the endpoint does not take (JSON endpoints: application/json only)."""
+
+
+class RequestTimeout(ServiceError, status=408, code="request_timeout"):
+    """The client did not send its whole body within `body_timeout_s`; the connection is closed."""
+
+    def __init__(self, message: str):
+        super().__init__(message, {"Connection": "close"})
 
 
 class InvalidImage(ServiceError, status=422, code="invalid_image"):
@@ -101,6 +115,10 @@ class ClientDisconnected(ServiceError, status=499, code="client_closed_request")
 
 
 # -- 5xx: the server ----------------------------------------------------------------------------------
+class InternalError(ServiceError, status=500, code="internal_error"):
+    """Anything no other error describes; the traceback goes to the server log, never to the client."""
+
+
 class BatchFailed(ServiceError, status=500, code="inference_failed"):
     """The batch this request was in raised; the details are in the server log only."""
 
@@ -151,6 +169,36 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
+def _is_member_tag(part: object) -> bool:
+    """pydantic names the union member an error belongs to with a tag like `list[list[constrained-int]]`."""
+    return isinstance(part, str) and ("[" in part or "-" in part)
+
+
+def closest_union_member(errors: list[dict]) -> list[dict]:
+    """Of a union's members, keep the errors of the one the input came closest to (fewest errors, then
+    the deepest): a nested pixel array with one bad pixel is that pixel's error, not a string error and
+    784 others from the members it never was."""
+    by_union: dict[tuple, dict[str, list[dict]]] = {}
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        at = next((i for i, part in enumerate(loc) if _is_member_tag(part)), None)
+        if at is not None:
+            by_union.setdefault(loc[:at], {}).setdefault(loc[at], []).append(error)
+    chosen = {
+        id(e)
+        for members in by_union.values()
+        for e in min(members.values(), key=lambda es: (len(es), -max(len(e["loc"]) for e in es)))
+    }
+    return [
+        e for e in errors if id(e) in chosen or not any(_is_member_tag(part) for part in e.get("loc", ()))
+    ]
+
+
+def error_path(loc: tuple | list) -> str:
+    """`("body", "images", 0, "list[...]", 3, 5)` → `images.0.3.5`: the field, then the indices."""
+    return ".".join(str(part) for part in loc if part != "body" and not _is_member_tag(part))
+
+
 def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
@@ -164,11 +212,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
+        errors = closest_union_member(list(exc.errors()))
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        where = error_path(first.get("loc", ()))
         code = "malformed_json" if first.get("type") == "json_invalid" else "invalid_request"
         message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        if "input" in first and not isinstance(first["input"], dict | list) and code != "malformed_json":
+            message += f" (got {str(first['input'])[:40]!r})"
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
         status = 400 if code == "malformed_json" else 422
@@ -176,6 +226,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, ServiceError):  # FastAPI wraps what reading the body raised (a 408)
+            return await _service_error(request, exc.__cause__)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         headers = getattr(exc, "headers", None) or {}
         return _json(exc.status_code, code, str(exc.detail), _request_id(request), headers)

@@ -55,7 +55,27 @@ class Settings(BaseSettings):
         256, ge=1, description="images one request may upload (/logprob, /encode)"
     )
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="larger request bodies get a 413")
-    api_key: str | None = Field(None, description="if set, /sample, /logprob and /models need X-API-Key")
+    api_key: str | None = Field(
+        None,
+        description="if set, every path but liveness, readiness and the playground's static files needs it, "
+        "as X-API-Key or Authorization: Bearer (an empty key is refused: leave it unset for none)",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="a connection that has not sent a whole request head by then is closed",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="a request whose body has not fully arrived by then gets a 408, closed",
+    )
+    keep_alive_s: float = Field(5.0, gt=0, le=300, description="idle keep-alive connections close after this")
+    max_connections: int = Field(
+        256, ge=1, description="connections (and requests in flight) at once; more are answered 503 at once"
+    )
     warmup: bool = Field(True, description="run every pass at start-up, before the server reports ready")
     torch_threads: int = Field(
         0,
@@ -84,6 +104,13 @@ class Settings(BaseSettings):
     def _models_dir_exists(cls, value: Path) -> Path:
         if not value.is_dir():
             raise ValueError(f"models directory {str(value)!r} does not exist")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("api_key is empty: set a key, or leave it unset to serve without one")
         return value
 
     @model_validator(mode="after")

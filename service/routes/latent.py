@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from model.interpolation import interpolate_latents
 
 from ..batching import BatchResult
+from ..bodies import json_body, json_body_openapi, off_loop
 from ..codec import images_payload, images_to_tensor, latents_payload, latents_to_tensors
 from ..latent_schemas import (
     DecodeRequest,
@@ -31,7 +32,7 @@ from .common import Call, json_response, raw_images_response, timings, until_dis
 router = APIRouter(tags=["latent space"])
 
 # Every status an operation can return, with the error schema (the fuzz test checks each one).
-_ERRORS = error_responses(400, 401, 404, 413, 422, 500, 503, 504)
+_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 500, 503, 504)
 _IMAGE_RESPONSES = {
     200: {
         "content": {
@@ -51,26 +52,36 @@ def _encode_input(images: torch.Tensor, ends: list[InterpolationEndpoint | Encod
 
 
 async def encode_call(
-    body: EncodeRequest, state: ReadyState, _: Authorized, limits: RequestLimits
+    body: Annotated[EncodeRequest, Depends(json_body(EncodeRequest))],
+    state: ReadyState,
+    _: Authorized,
+    limits: RequestLimits,
 ) -> EncodeCall:
     limits.check_images(len(body.images))
     entry = state.registry.get(body.model)
     labels = [f"images[{i}]" for i in range(len(body.images))]
-    images = images_to_tensor(body.images, entry.model.image_shape, labels)
+    images = await off_loop(images_to_tensor, body.images, entry.model.image_shape, labels)
     return Call(body, entry, _encode_input(images, [body] * len(body.images)))
 
 
 async def decode_call(
-    body: DecodeRequest, state: ReadyState, _: Authorized, limits: RequestLimits
+    body: Annotated[DecodeRequest, Depends(json_body(DecodeRequest))],
+    state: ReadyState,
+    _: Authorized,
+    limits: RequestLimits,
 ) -> DecodeCall:
     entry = state.registry.get(body.model)
-    latents = latents_to_tensors(body.latents, entry.model.flow.latent_shapes())
+    shapes = entry.model.flow.latent_shapes()
+    latents = await off_loop(latents_to_tensors, body.latents, shapes)
     limits.check_samples(latents[0].shape[0], "number of images")
     return Call(body, entry, LatentsInput(tuple(latents)))
 
 
 async def interpolate_call(
-    body: InterpolateRequest, state: ReadyState, _: Authorized, limits: RequestLimits
+    body: Annotated[InterpolateRequest, Depends(json_body(InterpolateRequest))],
+    state: ReadyState,
+    _: Authorized,
+    limits: RequestLimits,
 ) -> InterpolateCall:
     limits.check_samples(body.steps, "steps")
     return Call(body, state.registry.get(body.model), None)
@@ -107,7 +118,12 @@ def _images_response(
     )
 
 
-@router.post("/encode", response_model=EncodeResponse, responses=_ERRORS)
+@router.post(
+    "/encode",
+    response_model=EncodeResponse,
+    responses=_ERRORS,
+    openapi_extra=json_body_openapi(EncodeRequest),
+)
 async def encode(
     call: Annotated[EncodeCall, Depends(encode_call)], request: Request, state: ReadyState
 ) -> Response:
@@ -135,7 +151,12 @@ async def encode(
     )
 
 
-@router.post("/decode", response_model=DecodeResponse, responses=_IMAGE_RESPONSES)
+@router.post(
+    "/decode",
+    response_model=DecodeResponse,
+    responses=_IMAGE_RESPONSES,
+    openapi_extra=json_body_openapi(DecodeRequest),
+)
 async def decode(call: Annotated[DecodeCall, Depends(decode_call)], request: Request, state: ReadyState):
     """Latents (one array per level, as /encode returns them) → images. Shares /sample's batches."""
     started = time.perf_counter()
@@ -162,7 +183,8 @@ async def _endpoint_latents(
     with_images = [name for name, end in ends.items() if end.image is not None]
     if not with_images:
         return out, []
-    images = images_to_tensor(
+    images = await off_loop(
+        images_to_tensor,
         [ends[name].image for name in with_images],
         entry.model.image_shape,
         [f"{n}.image" for n in with_images],
@@ -174,7 +196,12 @@ async def _endpoint_latents(
     return out, [result]
 
 
-@router.post("/interpolate", response_model=InterpolateResponse, responses=_IMAGE_RESPONSES)
+@router.post(
+    "/interpolate",
+    response_model=InterpolateResponse,
+    responses=_IMAGE_RESPONSES,
+    openapi_extra=json_body_openapi(InterpolateRequest),
+)
 async def interpolate(
     call: Annotated[InterpolateCall, Depends(interpolate_call)], request: Request, state: ReadyState
 ):

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
+from ..bodies import json_body, json_body_openapi
 from ..codec import images_payload
 from ..operations import LatentsInput
 from ..schemas import MAX_SEED, SampleRequest, SampleResponse, error_responses
@@ -19,7 +20,10 @@ SampleCall = Call[SampleRequest, None]
 
 
 async def sample_call(
-    body: SampleRequest, state: ReadyState, _: Authorized, limits: RequestLimits
+    body: Annotated[SampleRequest, Depends(json_body(SampleRequest))],
+    state: ReadyState,
+    _: Authorized,
+    limits: RequestLimits,
 ) -> SampleCall:
     entry = state.registry.get(body.model)
     limits.check_samples(body.num_samples, "num_samples")
@@ -29,6 +33,7 @@ async def sample_call(
 @router.post(
     "/sample",
     response_model=SampleResponse,
+    openapi_extra=json_body_openapi(SampleRequest),
     responses={
         200: {
             "content": {
@@ -36,7 +41,7 @@ async def sample_call(
                 "application/x-npy": {"description": "uint8 (N, C, H, W), with `Accept: application/x-npy`"},
             }
         },
-        **error_responses(400, 401, 404, 413, 422, 500, 503, 504),
+        **error_responses(400, 401, 404, 413, 415, 422, 500, 503, 504),
     },
 )
 async def sample(call: Annotated[SampleCall, Depends(sample_call)], request: Request, state: ReadyState):
