@@ -85,7 +85,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
 def load_flow(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> MultiScaleFlow:
-    """Load a checkpoint directory into an eval-mode flow on `device`."""
+    """Load a checkpoint directory into an eval-mode flow on `device`; `CheckpointError` naming the file
+    and the reason when the config is invalid, the weights unreadable, of other shapes or not finite."""
     path = Path(path)
     config = read_config(path)
     try:
@@ -96,7 +97,10 @@ def load_flow(
     if not weights.is_file():
         raise CheckpointError(f"{str(path)!r} has no {WEIGHTS_FILE}")
     flow = MultiScaleFlow(arch)
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except (OSError, ValueError, RuntimeError) as exc:  # truncated or not a safetensors file at all
+        raise CheckpointError(f"{weights} is not a readable safetensors file: {exc}") from exc
     expected = flow.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -111,5 +115,9 @@ def load_flow(
             k = mismatched[0]
             details.append(f"shape of {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}")
         raise CheckpointError(f"{weights} does not match architecture {arch.arch!r}: " + "; ".join(details))
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{weights}: {name} holds {bad} non-finite values (NaN or infinity)")
     flow.load_state_dict(state)
     return flow.to(device=device, dtype=dtype).eval()

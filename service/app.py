@@ -47,8 +47,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor, ModelRegistry.load, settings, runtime, state.inference, state.metrics
     )
     if settings.warmup:
-        for entry in registry.entries.values():
-            await loop.run_in_executor(executor, entry.model.warm_up, _warmup_sizes(settings))
+        await loop.run_in_executor(executor, registry.warm_up, settings, _warmup_sizes(settings))
     for batcher in registry.batchers():
         batcher.start()
     # Start-up objects (models, modules, schemas) move out of the collector's generations, so the

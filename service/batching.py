@@ -5,10 +5,15 @@ When the model is idle, queued work is dispatched at once; while a batch runs, n
 next batch takes all of them (up to `max_batch_images`) the moment the running one returns. With
 `max_wait_s > 0` an idle worker instead holds a partial batch until it fills or its oldest request has
 waited that long (a throughput knob for bursty traffic). The worker wakes on an event, never by polling.
-Requests larger than a batch are split into chunks and reassembled. The queue is bounded by images (a
-full queue rejects the whole request at once, so accepted work is never dropped for space), and a request
-whose estimated queue wait (queued images over the measured images/s) exceeds its deadline is refused at
-once too (503/429) rather than left to expire; work that expires anyway is dropped before compute (504).
+Work is counted in cost units, the operation's measure of it (an image; an image scored at K
+dequantisation samples costs K): batches close at `max_batch_images` units, the queue holds at most
+`max_queue_images`, and requests costlier than a batch are split into chunks and reassembled. Batches take
+requests fairly, never-served requests first, then the least recently served, at most one chunk of each
+per round, so that a heavy request's chunks interleave with light requests instead of starving them. A
+full queue rejects the whole request at once (accepted work is never dropped for space), and a request
+whose estimated wait exceeds its deadline is refused at once too (503/429) rather than left to expire; the
+estimate shares the queue fairly as the batches do (a request waits for up to its own cost of every other
+queued request). Work that expires anyway is dropped before compute (504).
 A request whose caller went away has its futures cancelled and its queued chunks are skipped. Inference
 runs on the one inference thread (`InferenceThread`) under `torch.inference_mode()`, or on the event loop
 itself when nothing else needs it; a CUDA out-of-memory halves the batch and retries.
@@ -17,9 +22,10 @@ itself when nothing else needs it; a CUDA out-of-memory halves the batch and ret
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +37,7 @@ from .errors import BatchFailed, DeadlineExceeded, NotReady, Overloaded
 from .metrics import Metrics
 from .operations import Operation
 
-__all__ = ["BatchResult", "Batcher", "InferenceThread"]
+__all__ = ["BatchResult", "Batcher", "InferenceThread", "chunk_sizes"]
 
 log = logging.getLogger("service.batching")
 
@@ -93,13 +99,31 @@ class BatchResult(Generic[Out]):
 
 @dataclass
 class _Work(Generic[In]):
+    """One chunk of one request: `n` rows costing `cost` units."""
+
     item: In
     n: int
+    cost: int
+    request: int
     future: asyncio.Future
     enqueued: float
     deadline: float
     queue_s: float = 0.0
     inference_s: float = 0.0
+
+
+def chunk_sizes(costs: list[int], budget: int) -> list[int]:
+    """Rows per chunk so that each chunk costs at most `budget` (a row costlier than that is a chunk
+    alone), keeping the rows in order."""
+    sizes, rows, cost = [], 0, 0
+    for c in costs:
+        if rows and cost + c > budget:
+            sizes.append(rows)
+            rows, cost = 0, 0
+        rows, cost = rows + 1, cost + c
+    if rows:
+        sizes.append(rows)
+    return sizes
 
 
 class Batcher(Generic[In, Out]):
@@ -124,8 +148,12 @@ class Batcher(Generic[In, Out]):
         self.max_batch_images, self.max_wait_s = max_batch_images, max_wait_s
         self.max_queue_images = max_queue_images
         self.overload_status, self.retry_after_s = overload_status, retry_after_s
-        self._queue: deque[_Work] = deque()
-        self._queued_images = 0
+        # Each request's queued chunks, never-served requests (in arrival order) apart from served ones (least
+        # recently served first): the order in which batches take from them.
+        self._fresh: OrderedDict[int, deque[_Work]] = OrderedDict()
+        self._served: OrderedDict[int, deque[_Work]] = OrderedDict()
+        self._queued_cost = 0
+        self._requests = itertools.count()
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
@@ -153,96 +181,137 @@ class Batcher(Generic[In, Out]):
 
     @property
     def queued_images(self) -> int:
-        return self._queued_images
+        """Queued work in cost units (images, at K dequantisation samples K each)."""
+        return self._queued_cost
+
+    @property
+    def _queued(self) -> bool:
+        return bool(self._fresh or self._served)
 
     # -- client side ----------------------------------------------------------------------------------
     async def submit(self, item: In, timeout_s: float) -> BatchResult[Out]:
         """Queue one request and await its output rows."""
-        n = self.operation.size(item)
+        costs = self.operation.row_costs(item)
+        cost = sum(costs)
         if self._closing:
             raise NotReady("the server is shutting down")
-        if self._queued_images + n > self.max_queue_images:
+        if self._queued_cost + cost > self.max_queue_images:
             self.metrics.rejections.labels(reason="queue_full").inc()
             raise Overloaded(
-                f"queue for {self.model}/{self.op} is full ({self._queued_images} images waiting, "
-                f"limit {self.max_queue_images}); retry later",
+                f"queue for {self.model}/{self.op} is full ({self._queued_cost} units of work waiting, this "
+                f"request {cost}, limit {self.max_queue_images}); retry later",
                 status=self.overload_status,
                 retry_after_s=self.retry_after_s,
             )
         capacity = self._images_per_s * self.inference.instances if self._images_per_s else None
-        if capacity and (self._queued_images + n) / capacity > timeout_s:
+        wait = self._fair_wait(cost)
+        if capacity and wait / capacity > timeout_s:
             self.metrics.rejections.labels(reason="would_expire").inc()
             raise Overloaded(
-                f"{self._queued_images} images are queued for {self.model}/{self.op}, about "
-                f"{self._queued_images / capacity:.1f} s of work, more than this request's "
-                f"deadline of {timeout_s:g} s; retry later",
+                f"this request ({cost} units) would take about {wait / capacity:.1f} s to finish beside the "
+                f"{self._queued_cost} units queued for {self.model}/{self.op}, more than its deadline of "
+                f"{timeout_s:g} s; retry later",
                 status=self.overload_status,
                 retry_after_s=self.retry_after_s,
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        sizes = [min(self.max_batch_images, n - start) for start in range(0, n, self.max_batch_images)]
-        works = [
-            _Work(chunk, size, loop.create_future(), now, now + timeout_s)
-            for chunk, size in zip(self.operation.split(item, sizes), sizes, strict=True)
-        ]
-        self._queue.extend(works)
-        self._queued_images += n
-        self.metrics.queue_depth.labels(**self._labels).set(self._queued_images)
+        request = next(self._requests)
+        sizes = chunk_sizes(costs, self.max_batch_images)
+        works: deque[_Work] = deque()
+        start = 0
+        for chunk, size in zip(self.operation.split(item, sizes), sizes, strict=True):
+            chunk_cost = sum(costs[start : start + size])
+            works.append(_Work(chunk, size, chunk_cost, request, loop.create_future(), now, now + timeout_s))
+            start += size
+        chunks = list(works)  # `works` is the request's queue: the batches take from it
+        futures = [w.future for w in chunks]
+        self._fresh[request] = works
+        self._queued_cost += cost
+        self.metrics.queue_depth.labels(**self._labels).set(self._queued_cost)
         self._wakeup.set()
         try:
-            if len(works) == 1:  # the common case: one future, no gather wrapper
-                outputs = [await works[0].future]
+            if len(futures) == 1:  # the common case: one future, no gather wrapper
+                outputs = [await futures[0]]
             else:
-                outputs = await asyncio.gather(*(w.future for w in works))
+                outputs = await asyncio.gather(*futures)
         except BaseException:
-            for w in works:  # caller gone or a chunk failed: skip whatever has not run yet
-                w.future.cancel()
+            for f in futures:  # caller gone or a chunk failed: skip whatever has not run yet
+                f.cancel()
             raise
         return BatchResult(
             self.operation.join(outputs),
-            max(w.queue_s for w in works),
-            max(w.inference_s for w in works),
+            max(w.queue_s for w in chunks),
+            max(w.inference_s for w in chunks),
         )
 
+    def _fair_wait(self, cost: int) -> int:
+        """Work done before a new request of `cost` units finishes, if batches share fairly: its own, and
+        up to as much of every queued request's."""
+        queued = (sum(w.cost for w in chunks) for chunks in (*self._fresh.values(), *self._served.values()))
+        return cost + sum(min(c, cost) for c in queued)
+
     # -- worker side ----------------------------------------------------------------------------------
-    def _pop(self) -> _Work:
-        work = self._queue.popleft()
-        self._queued_images -= work.n
-        self.metrics.queue_depth.labels(**self._labels).set(self._queued_images)
-        return work
+    def _live_cost(self) -> int:
+        queues = (*self._fresh.values(), *self._served.values())
+        return sum(w.cost for q in queues for w in q if not w.future.done())
 
-    def _live_images(self) -> int:
-        return sum(w.n for w in self._queue if not w.future.done())
+    def _oldest_enqueued(self) -> float:
+        return min(q[0].enqueued for q in (*self._fresh.values(), *self._served.values()))
 
-    def _take_batch(self) -> list[_Work]:
-        batch: list[_Work] = []
-        images = 0
-        now = time.monotonic()
-        while self._queue and images + self._queue[0].n <= self.max_batch_images:
-            work = self._pop()
+    def _next_chunk(self, chunks: deque[_Work], now: float) -> _Work | None:
+        """The first chunk of a request that can still run, dropping cancelled and expired ones."""
+        while chunks:
+            work = chunks[0]
             if work.future.done():  # cancelled: the caller disconnected or another chunk failed
                 self.metrics.rejections.labels(reason="cancelled").inc()
-                continue
-            if now > work.deadline:
+            elif now > work.deadline:
                 self.metrics.rejections.labels(reason="deadline").inc()
                 work.future.set_exception(DeadlineExceeded("request deadline passed while queued"))
-                continue
-            batch.append(work)
-            images += work.n
+            else:
+                return work
+            chunks.popleft()
+            self._queued_cost -= work.cost
+        return None
+
+    def _take_batch(self) -> list[_Work]:
+        """Up to `max_batch_images` units: rounds over the requests (never-served first, then the least
+        recently served), one chunk of each per round, until the batch is full."""
+        batch: list[_Work] = []
+        cost = 0
+        now = time.monotonic()
+        took = True
+        while took and cost < self.max_batch_images:
+            took = False
+            for group in (self._fresh, self._served):
+                for request in list(group):
+                    chunks = group[request]
+                    work = self._next_chunk(chunks, now)
+                    if work is not None and (not batch or cost + work.cost <= self.max_batch_images):
+                        chunks.popleft()
+                        self._queued_cost -= work.cost
+                        batch.append(work)
+                        cost += work.cost
+                        took = True
+                        del group[request]
+                        if chunks:
+                            self._served[request] = chunks  # least recently served goes last
+                    elif work is None:
+                        del group[request]
+        self.metrics.queue_depth.labels(**self._labels).set(self._queued_cost)
         return batch
 
     async def _wait_for_batch(self) -> None:
         """Return when work is queued and either `max_wait_s` is 0 (continuous batching), a full batch is
         queued, or the oldest request has waited `max_wait_s`; or when closing."""
         while not self._closing:
-            if not self._queue:
+            if not self._queued:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self.max_wait_s <= 0 or self._live_images() >= self.max_batch_images:
+            if self.max_wait_s <= 0 or self._live_cost() >= self.max_batch_images:
                 return
-            remaining = self._queue[0].enqueued + self.max_wait_s - time.monotonic()
+            remaining = self._oldest_enqueued() + self.max_wait_s - time.monotonic()
             if remaining <= 0:
                 return
             self._wakeup.clear()
@@ -255,7 +324,7 @@ class Batcher(Generic[In, Out]):
         assert self._slots is not None
         while True:
             await self._wait_for_batch()
-            if not self._queue:
+            if not self._queued:
                 if self._closing:
                     await asyncio.gather(*self._running)
                     return
@@ -284,10 +353,11 @@ class Batcher(Generic[In, Out]):
             self.metrics.queue_wait.labels(**self._labels).observe(w.queue_s)
         inputs = self.operation.batch([w.item for w in batch])
         total = sum(w.n for w in batch)
-        predicted_s = total / self._images_per_s if self._images_per_s else None
+        work_units = sum(w.cost for w in batch)
+        predicted_s = work_units / self._images_per_s if self._images_per_s else None
         # Only the last queued batch may run inline: batches back to back on the loop would block it
         # for all of them (a request split into chunks), while one is bounded by the budget.
-        inline = not self._queue and self.inference.inline(len(batch), predicted_s)
+        inline = not self._queued and self.inference.inline(len(batch), predicted_s)
         try:
             if inline:
                 output = self._execute(inputs)
@@ -307,8 +377,8 @@ class Batcher(Generic[In, Out]):
         # With a backlog, the time between batches (the event loop serving other work) is part of
         # the cost of draining the queue, so the rate is measured end to end.
         busy = ended - self._backlog_since if self._backlog_since is not None else elapsed
-        self._backlog_since = ended if self._queue else None
-        rate = total / max(busy, 1e-6)
+        self._backlog_since = ended if self._queued else None
+        rate = work_units / max(busy, 1e-6)  # units of work per second
         self._images_per_s = rate if self._images_per_s is None else 0.8 * self._images_per_s + 0.2 * rate
         self.metrics.inference.labels(**self._labels).observe(elapsed)
         self.metrics.batch_images.labels(**self._labels).observe(total)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import kernels_cuda
-from model import MultiScaleFlow, load_flow, read_config
+from model import CheckpointError, MultiScaleFlow, load_flow, read_config
 from model.architectures import Pass, get_architecture
 from model.hardware import native_bfloat16
 from model.layers import subnets_channels_last
@@ -163,8 +163,12 @@ class ServedModel:
                 self._choose_backends(max(batch_sizes))
             for n in batch_sizes:
                 images = self.decode(self.draw_latents(n, 1.0, seed=0))
-                self.logprob(images)
-            self.encode(images[:1])
+                scores = self.logprob(images)
+                if not bool(torch.isfinite(scores).all()):
+                    raise CheckpointError(f"{self.path}: warm-up scored its own samples as non-finite")
+            encoding = self.encode(images[:1])
+            if not bool(torch.isfinite(encoding.log_det).all()):
+                raise CheckpointError(f"{self.path}: warm-up encoded an image to a non-finite log-det")
         log.info("warmed up %s on %s at batch sizes %s", self.name, self.device, batch_sizes)
 
     # -- description -------------------------------------------------------------------------------------

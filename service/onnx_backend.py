@@ -56,13 +56,14 @@ def load_onnx_passes(checkpoint: Path, device: torch.device, threads: int = 0) -
     manifest_path = checkpoint / "onnx" / "manifest.json"
     if not manifest_path.is_file():
         return {}
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        passes = {name: checkpoint / "onnx" / entry["file"] for name, entry in manifest["passes"].items()}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise RuntimeError(f"{manifest_path} is not a valid export manifest ({exc!r})") from exc
     if manifest.get("weights_sha256") != weights_digest(checkpoint):
         raise RuntimeError(
             f"{checkpoint.name}: the ONNX graphs were exported from other weights; "
             "re-run python -m model.export"
         )
-    return {
-        name: OnnxPass(checkpoint / "onnx" / entry["file"], device, threads)
-        for name, entry in manifest.get("passes", {}).items()
-    }
+    return {name: OnnxPass(path, device, threads) for name, path in passes.items()}

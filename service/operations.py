@@ -99,6 +99,11 @@ class Operation(Generic[In, Out]):
         """Images in a request, a batch or an output."""
         return count_rows(data)
 
+    def row_costs(self, data: In) -> list[int]:
+        """The work of each image of a request, in the batcher's units (one pass over one image is 1):
+        what queues, batches and admission count."""
+        return [1] * count_rows(data)
+
     def batch(self, requests: Sequence[In]) -> In:
         """Requests (or chunks of requests) → one batch."""
         return concat_rows(requests)
@@ -162,6 +167,10 @@ class LogProb(ModelOperation[LogProbInput, Scores]):
     pass (torch or onnxruntime)."""
 
     name = "logprob"
+
+    def row_costs(self, data: LogProbInput) -> list[int]:
+        """An image scored at K dequantisation samples is K passes."""
+        return [int(k) for k in data.samples.tolist()]
 
     def predict(self, batch: LogProbInput) -> Scores:
         log_prob = self.model.logprob(batch.images, batch.samples)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from model import CheckpointError
 from model.scoring import Encoding
 
 from .batching import Batcher, InferenceThread
@@ -22,6 +23,14 @@ __all__ = ["ModelRegistry", "ServedEntry", "checkpoint_dirs"]
 
 log = logging.getLogger("service.registry")
 PREFERRED_DEFAULT = "finc-mnist"
+
+
+def _bad_model(settings: Settings, name: str, exc: Exception, unavailable: dict[str, str]) -> None:
+    """A checkpoint that cannot serve: stop start-up with the reason, or record it and go on."""
+    if settings.on_bad_model == "fail":
+        raise RuntimeError(f"model {name!r} cannot be served: {exc} (--on-bad-model skip serves the others)")
+    log.error("model %s skipped: %s", name, exc)
+    unavailable[name] = str(exc)
 
 
 def checkpoint_dirs(models: Path) -> list[Path]:
@@ -43,8 +52,14 @@ class ServedEntry:
 
 
 class ModelRegistry:
-    def __init__(self, entries: dict[str, ServedEntry], default: str):
+    """The served models by name; `unavailable` holds the checkpoints skipped (`--on-bad-model skip`)
+    with the reason each was."""
+
+    def __init__(
+        self, entries: dict[str, ServedEntry], default: str, unavailable: dict[str, str] | None = None
+    ):
         self.entries, self.default = entries, default
+        self.unavailable = dict(unavailable or {})
 
     @classmethod
     def load(
@@ -62,11 +77,15 @@ class ModelRegistry:
             overload_status=settings.overload_status,
             retry_after_s=settings.retry_after_s,
         )
-        entries = {}
+        entries, unavailable = {}, {}
         for path in dirs:
-            model = ServedModel.load(
-                path, runtime.device, settings.backend, runtime.threads, settings.precision
-            )
+            try:
+                model = ServedModel.load(
+                    path, runtime.device, settings.backend, runtime.threads, settings.precision
+                )
+            except (CheckpointError, RuntimeError, OSError) as exc:
+                _bad_model(settings, path.name, exc, unavailable)
+                continue
             batchers = {
                 op.name: Batcher(model.name, op(model), inference, metrics, **limits) for op in OPERATIONS
             }
@@ -78,12 +97,26 @@ class ModelRegistry:
                 model.flow.num_parameters(),
                 runtime.device,
             )
+        if not entries:
+            raise RuntimeError(f"no checkpoint under {settings.models} could be loaded: {unavailable}")
         default = settings.default_model or (
-            PREFERRED_DEFAULT if PREFERRED_DEFAULT in entries else dirs[0].name
+            PREFERRED_DEFAULT if PREFERRED_DEFAULT in entries else sorted(entries)[0]
         )
         if default not in entries:
             raise RuntimeError(f"default model {default!r} is not among {sorted(entries)}")
-        return cls(entries, default)
+        return cls(entries, default, unavailable)
+
+    def warm_up(self, settings: Settings, batch_sizes: list[int]) -> None:
+        """Every model's passes at every batch size in use; a model whose outputs are not finite stops
+        start-up or is set aside, as `--on-bad-model` says."""
+        for name, entry in list(self.entries.items()):
+            try:
+                entry.model.warm_up(batch_sizes)
+            except CheckpointError as exc:
+                _bad_model(settings, name, exc, self.unavailable)
+                del self.entries[name]
+        if self.default not in self.entries:
+            raise RuntimeError(f"the default model {self.default!r} failed its warm-up: {self.unavailable}")
 
     def get(self, name: str | None) -> ServedEntry:
         key = name or self.default

@@ -162,6 +162,10 @@ class ModelInfo(BaseModel):
 class ModelList(BaseModel):
     default: str
     models: list[ModelInfo]
+    unavailable: dict[str, str] = Field(
+        default_factory=dict,
+        description="checkpoints set aside at start-up (--on-bad-model skip), each with the reason",
+    )
 
 
 def publish_limits(

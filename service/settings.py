@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         256, ge=1, description="connections (and requests in flight) at once; more are answered 503 at once"
     )
     warmup: bool = Field(True, description="run every pass at start-up, before the server reports ready")
+    on_bad_model: Literal["fail", "skip"] = Field(
+        "fail",
+        description="a checkpoint that does not load or warm up (unreadable, wrong shapes, non-finite "
+        "weights or outputs): fail stops start-up naming the file and the reason; skip serves the others "
+        "and reports it in /models and the log",
+    )
     torch_threads: int = Field(
         0,
         ge=0,

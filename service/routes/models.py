@@ -17,7 +17,7 @@ async def list_models(state: ReadyState, _: Authorized) -> ModelList:
         ModelInfo(**e.model.info(), default=name == registry.default)
         for name, e in sorted(registry.entries.items())
     ]
-    return ModelList(default=registry.default, models=models)
+    return ModelList(default=registry.default, models=models, unavailable=registry.unavailable)
 
 
 @router.get("/{name}", response_model=ModelInfo, responses=error_responses(401, 404, 422, 500, 503))

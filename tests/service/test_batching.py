@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from service.batching import Batcher, InferenceThread
+from service.batching import Batcher, InferenceThread, chunk_sizes
 from service.errors import BatchFailed, DeadlineExceeded, NotReady, Overloaded
 from service.metrics import Metrics
 from service.operations import Operation
@@ -51,10 +51,12 @@ class Run(Operation[torch.Tensor, torch.Tensor]):
         return self.run(batch)
 
 
-def make(run, inference: InferenceThread | None = None, **kwargs) -> Batcher:
+def make(
+    run, inference: InferenceThread | None = None, operation: type[Run] | None = None, **kwargs
+) -> Batcher:
     options = dict(max_batch_images=8, max_wait_s=0.05, max_queue_images=64)
     options.update(kwargs)
-    return Batcher("m", Run(run), inference or InferenceThread(), Metrics(), **options)
+    return Batcher("m", (operation or Run)(run), inference or InferenceThread(), Metrics(), **options)
 
 
 def rows(start: int, n: int) -> torch.Tensor:
@@ -280,3 +282,66 @@ async def test_a_request_split_into_chunks_never_holds_the_event_loop_for_more_t
     loop_thread = threading.current_thread().name
     assert run.threads[1:] == ["inference_0"] * 4 + [loop_thread]  # only the last chunk ran inline
     assert max(gaps) < 0.05 + 0.04  # one inline batch at most, never the five
+
+
+class Weighted(Run):
+    """`Run` whose rows cost what their value says (as /logprob's images cost their K)."""
+
+    def row_costs(self, data: torch.Tensor) -> list[int]:
+        return [int(v) for v in data.tolist()]
+
+
+def test_chunks_cost_at_most_a_batch_and_keep_the_rows_in_order():
+    assert chunk_sizes([1] * 11, 4) == [4, 4, 3]
+    assert chunk_sizes([64, 64, 64], 64) == [1, 1, 1]  # a row costing a whole batch is a chunk alone
+    assert chunk_sizes([3, 3, 100, 1], 8) == [2, 1, 1]
+    assert chunk_sizes([], 8) == []
+
+
+async def test_the_queue_and_the_deadline_count_the_work_not_the_images():
+    run = Recorder(delay=0.05)
+    batcher = Batcher(
+        "m",
+        Weighted(run),
+        InferenceThread(),
+        Metrics(),
+        max_batch_images=8,
+        max_wait_s=0,
+        max_queue_images=16,
+    )
+    batcher.start()
+    heavy = torch.full((3,), 8.0)  # 3 images, 24 units: more than the queue holds
+    with pytest.raises(Overloaded, match="this request 24"):
+        await batcher.submit(heavy, 5.0)
+    assert torch.equal((await batcher.submit(torch.full((2,), 8.0), 5.0)).output, torch.full((2,), 16.0))
+    assert run.sizes == [1, 1]  # one image of 8 units per batch
+    await batcher.close()
+
+
+async def test_light_requests_interleave_with_a_heavy_one_instead_of_waiting_for_it():
+    """A heavy request (10 chunks) queued first: requests sent after it finish long before it does."""
+    run = Recorder(delay=0.02)
+    batcher = Batcher(
+        "m",
+        Weighted(run),
+        InferenceThread(),
+        Metrics(),
+        max_batch_images=8,
+        max_wait_s=0,
+        max_queue_images=512,
+    )
+    batcher.start()
+    finished: dict[str, float] = {}
+    loop = asyncio.get_running_loop()
+
+    async def timed(name: str, data: torch.Tensor) -> None:
+        await batcher.submit(data, 30.0)
+        finished[name] = loop.time()
+
+    heavy = asyncio.ensure_future(timed("heavy", torch.full((10,), 8.0)))
+    await asyncio.sleep(0.03)  # the heavy request's first chunk is running
+    await asyncio.gather(*(timed(f"light{i}", torch.ones(1)) for i in range(3)), heavy)
+    assert all(finished[f"light{i}"] < finished["heavy"] for i in range(3))
+    # the light requests went in the batches right after the running one, not after the heavy's last
+    assert max(finished[f"light{i}"] for i in range(3)) - finished["heavy"] < -0.1
+    await batcher.close()
