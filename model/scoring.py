@@ -46,11 +46,11 @@ class GraphSession(Protocol):
 
 
 def torch_log_density(flow: MultiScaleFlow) -> LogDensity:
-    """The flow's own log-density, computed on its device."""
-    device = next(flow.parameters()).device
+    """The flow's own log-density, computed on its device in its dtype."""
+    weight = next(flow.parameters())
 
     def log_density(x: torch.Tensor) -> torch.Tensor:
-        return flow.log_prob_continuous(x.to(device)).double().cpu()
+        return flow.log_prob_continuous(x.to(device=weight.device, dtype=weight.dtype)).double().cpu()
 
     return log_density
 
@@ -97,8 +97,9 @@ def bits_per_dim(log_prob: torch.Tensor, num_dims: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Encoding:
-    """Images in latent space: float32 latents `(N, C, H, W)` per level (finest first), and float64
-    `log|det ∂z/∂x|` and log-density `log N(z) + log_det`, all on the CPU."""
+    """Images in latent space: latents `(N, C, H, W)` per level (finest first), float32 (float64 from a
+    float64 flow: latents beyond float32's range), and float64 `log|det ∂z/∂x|` and log-density
+    `log N(z) + log_det`, all on the CPU."""
 
     latents: tuple[torch.Tensor, ...]
     log_det: torch.Tensor
@@ -114,7 +115,9 @@ def encode(flow: MultiScaleFlow, images: torch.Tensor, hashed: torch.Tensor | No
     if hashed is not None and bool(hashed.any()):
         rows = hashed.nonzero().squeeze(1)
         noise[rows] = hashed_noise(x[rows])
-    latents, log_det = flow.encode((x + noise).to(next(flow.parameters()).device))
+    weight = next(flow.parameters())
+    latents, log_det = flow.encode((x + noise).to(device=weight.device, dtype=weight.dtype))
     exact = [z.double().cpu() for z in latents]
     log_det = log_det.double().cpu()
-    return Encoding(tuple(z.float() for z in exact), log_det, flow.prior_log_prob(exact) + log_det)
+    kept = tuple(z.float() for z in exact) if weight.dtype != torch.float64 else tuple(exact)
+    return Encoding(kept, log_det, flow.prior_log_prob(exact) + log_det)

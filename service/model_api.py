@@ -3,6 +3,7 @@ batch through `model.sampling` and `model.scoring`. Knows nothing about queues."
 
 from __future__ import annotations
 
+import copy
 import logging
 import statistics
 import time
@@ -25,6 +26,19 @@ from .onnx_backend import OnnxPass, load_onnx_passes
 
 __all__ = ["ServedModel"]
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _finite_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per row: every value of every tensor finite."""
+    return torch.stack([torch.isfinite(t).flatten(1).all(1) for t in tensors]).all(0)
+
+
+def _beyond_float32(latents: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per row: some latent's magnitude is more than float32 holds."""
+    return torch.stack([z.abs().flatten(1).amax(1) > FLOAT32_MAX for z in latents]).any(0)
+
+
 log = logging.getLogger("service.model")
 
 
@@ -42,6 +56,7 @@ class ServedModel:
     onnx: dict[str, OnnxPass] = field(default_factory=dict)
     use_onnx: dict[str, bool] = field(default_factory=dict)
     sample_dtype: torch.dtype | None = None  # bfloat16: sampling's coupling networks under autocast
+    exact: MultiScaleFlow | None = None  # a float64 copy, for the images float32 cannot hold (below)
 
     @classmethod
     def load(
@@ -81,8 +96,10 @@ class ServedModel:
             )
         if sample_dtype is not None:
             onnx.pop("sample", None)
+        exact = copy.deepcopy(flow).freeze(False).double().freeze()
+        config = read_config(path)
         model = cls(
-            path.name, path, flow, read_config(path), device, backend, onnx, sample_dtype=sample_dtype
+            path.name, path, flow, config, device, backend, onnx, sample_dtype=sample_dtype, exact=exact
         )
         model.use_onnx = {name: True for name in onnx}
         return model
@@ -112,18 +129,48 @@ class ServedModel:
         """This request's noise, from its own CPU generator: independent of what it is batched with."""
         return draw_latents(self.flow, n, temperature, seed)
 
+    # Every pass runs in float32. Where an image's numbers leave float32's range (a saturated image under a
+    # split prior that extrapolates to σ ≈ 1e-55: latents of 1e55, log p of -1e110; docs/math.md), those
+    # images are computed again in float64 by `exact`, so that every number returned is finite where the
+    # model's own is.
     def decode(self, latents: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Latents (one tensor per level, temperature applied) → `uint8` images on the CPU."""
-        return self._decoder()(latents)
+        """Latents (one tensor per level, temperature applied) → `uint8` images on the CPU; rows with
+        latents beyond float32's range decode in float64."""
+        big = _beyond_float32(latents)
+        if not bool(big.any()):
+            return self._decoder()(latents)
+        images = torch.empty((latents[0].shape[0], *self.image_shape), dtype=torch.uint8)
+        small = ~big
+        if bool(small.any()):
+            images[small] = self._decoder()([z[small] for z in latents])
+        images[big] = torch_decoder(self.exact)([z[big].double() for z in latents])
+        return images
 
     def logprob(self, images: torch.Tensor, samples: int | torch.Tensor = 1) -> torch.Tensor:
         """`uint8` images → log-probabilities (nats, float64 on the CPU); `samples` is K of the
-        importance-weighted bound, for the batch or per image."""
-        return log_prob(self._log_density(), images, samples)
+        importance-weighted bound, for the batch or per image. Images whose float32 score is not finite
+        are scored again in float64 (still not finite: the model's density itself, left as it is)."""
+        scores = log_prob(self._log_density(), images, samples)
+        bad = ~torch.isfinite(scores)
+        if bool(bad.any()):
+            k = samples if isinstance(samples, int) else samples[bad]
+            scores[bad] = log_prob(torch_log_density(self.exact), images[bad], k)
+        return scores
 
     def encode(self, images: torch.Tensor, hashed: torch.Tensor | None = None) -> Encoding:
-        """`uint8` images → latents and log-dets, at the bin centre or (where `hashed`) the scored point."""
-        return encode(self.flow, images, hashed)
+        """`uint8` images → latents and log-dets, at the bin centre or (where `hashed`) the scored point;
+        when some image's latents overflow float32, the batch's latents come back in float64."""
+        encoding = encode(self.flow, images, hashed)
+        bad = ~(torch.isfinite(encoding.log_prob) & _finite_rows(encoding.latents))
+        if not bool(bad.any()):
+            return encoding
+        again = encode(self.exact, images[bad], None if hashed is None else hashed[bad])
+        latents = [z.double() for z in encoding.latents]
+        for z, exact in zip(latents, again.latents, strict=True):
+            z[bad] = exact
+        log_det, log_prob_ = encoding.log_det.clone(), encoding.log_prob.clone()
+        log_det[bad], log_prob_[bad] = again.log_det, again.log_prob
+        return Encoding(tuple(latents), log_det, log_prob_)
 
     # -- warm-up and backend choice ----------------------------------------------------------------------
     def _choose_backends(self, n: int) -> None:

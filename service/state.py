@@ -5,12 +5,12 @@ The dependencies are `async def`: FastAPI runs sync dependencies on the thread p
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from .auth import presented_key, valid_key
 from .batching import InferenceThread
 from .errors import NotReady, Unauthorized
 from .limits import Limits
@@ -62,12 +62,10 @@ async def get_ready_state(request: Request) -> AppState:
 
 
 async def require_api_key(request: Request) -> None:
+    """The key check for routes mounted without the request middleware (which checks it first)."""
     expected = request.app.state.flows.settings.api_key
-    if expected is None:
-        return
-    given = request.headers.get("x-api-key", "")
-    if not secrets.compare_digest(given.encode(), expected.encode()):
-        raise Unauthorized("missing or wrong X-API-Key")
+    if expected is not None and not valid_key(presented_key(request.scope["headers"]), expected):
+        raise Unauthorized("missing or wrong API key")
 
 
 async def get_limits(request: Request) -> Limits:
