@@ -20,6 +20,7 @@ from model.sampling import Decoder, draw_latents, onnx_decoder, torch_decoder
 from model.scoring import Encoding, LogDensity, encode, log_prob, onnx_log_density, torch_log_density
 
 from .onnx_backend import OnnxPass, load_onnx_passes
+from .ood import OodReference
 
 __all__ = ["ServedModel"]
 
@@ -39,6 +40,7 @@ class ServedModel:
     backend: str = "torch"
     onnx: dict[str, OnnxPass] = field(default_factory=dict)
     use_onnx: dict[str, bool] = field(default_factory=dict)
+    ood: OodReference = field(default_factory=OodReference)  # out-of-distribution statistics (service/ood.py)
 
     @classmethod
     def load(cls, path: Path, device: torch.device, backend: str = "torch", threads: int = 0) -> ServedModel:
@@ -59,6 +61,7 @@ class ServedModel:
             )
         model = cls(path.name, path, flow, read_config(path), device, backend, onnx)
         model.use_onnx = {name: True for name in onnx}
+        model.ood = OodReference.load(path)
         return model
 
     @property

@@ -14,7 +14,7 @@ router = APIRouter(prefix="/models", tags=["models"])
 async def list_models(state: ReadyState, _: Authorized) -> ModelList:
     registry = state.registry
     models = [
-        ModelInfo(**e.model.info(), default=name == registry.default)
+        ModelInfo(**e.model.info(), ood=e.model.ood.info(), default=name == registry.default)
         for name, e in sorted(registry.entries.items())
     ]
     return ModelList(default=registry.default, models=models)
@@ -23,4 +23,4 @@ async def list_models(state: ReadyState, _: Authorized) -> ModelList:
 @router.get("/{name}", response_model=ModelInfo, responses=error_responses(401, 404, 422, 500, 503))
 async def get_model(name: str, state: ReadyState, _: Authorized) -> ModelInfo:
     entry = state.registry.get(name)
-    return ModelInfo(**entry.model.info(), default=name == state.registry.default)
+    return ModelInfo(**entry.model.info(), ood=entry.model.ood.info(), default=name == state.registry.default)
