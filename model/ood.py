@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .checkpoint import WEIGHTS_FILE, load_flow, read_config
-from .complexity import COMPRESSOR, codec_version, compressed_bits
+from .complexity import CODECS, COMPRESSOR, codec_version, compressed_bits
 from .scoring import LogDensity, log_prob, torch_log_density
 
 __all__ = [
@@ -55,7 +55,7 @@ QUANTILE_LEVELS = 1001  # stored quantiles at 0.0%, 0.1%, ..., 100.0%
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 SCORED_SAMPLES = 1  # K of the importance-weighted bound the statistics are computed with
-METHOD = f"input_complexity:{COMPRESSOR['name']}"
+METHOD = f"input_complexity:{COMPRESSOR}"
 
 
 class OodStatsError(ValueError):
@@ -170,7 +170,7 @@ class OodStats:
             "num_dims": self.num_dims,
             "dequantization_samples": SCORED_SAMPLES,
             "weights_sha256": self.weights_sha256,
-            "compressor": {**COMPRESSOR, "codec": self.codec},
+            "compressor": {"name": COMPRESSOR, "options": CODECS[COMPRESSOR], "codec": self.codec},
             "created": self.created,
             "log_prob": {
                 "unit": "nats",
