@@ -122,7 +122,7 @@ def _form_choice(form: FormData, field: str, choices: list[str]) -> str | None:
                 }
             ]
         )
-    return choices[value]
+    return value
 
 
 async def _read_multipart(request: Request, limits: Limits) -> Upload:
