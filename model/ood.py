@@ -333,7 +333,10 @@ def compute_ood_stats(
     kernels_cuda.prepare(device)  # the native solve where there is one, as the service serves
     flow = load_flow(checkpoint, device=device).freeze()
     name = dataset or read_config(checkpoint)["training"].get("dataset", "mnist")
-    images = load_dataset(name).test
+    try:
+        images = load_dataset(name).test
+    except ValueError as exc:
+        raise OodStatsError(f"{exc}; pass --dataset with the folder or .npy file it was trained on") from None
     if test_images:
         images = images[:test_images]
     log_probs = _log_probs(torch_log_density(flow), images, batch_size, f"{checkpoint.name} on {name}")
@@ -360,7 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     for name in args.checkpoints:
         checkpoint = Path(name)
-        stats = compute_ood_stats(checkpoint, device, args.batch_size, args.dataset, args.test_images)
+        try:
+            stats = compute_ood_stats(checkpoint, device, args.batch_size, args.dataset, args.test_images)
+        except (ValueError, FileNotFoundError) as exc:  # no held-out data, or a broken model
+            print(f"{checkpoint}: {exc}", file=sys.stderr)
+            return 1
         path = write_ood_stats(checkpoint, stats)
         thresholds = ", ".join(f"{f:g}: {t:.1f}" for f, t in sorted(stats.score_thresholds.items()))
         print(

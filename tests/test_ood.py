@@ -167,6 +167,8 @@ def test_the_command_writes_stats_tied_to_the_weights(tmp_path, capsys):
     np.save(data, np.random.default_rng(0).integers(0, 256, (200, 8, 8), dtype=np.uint8))
     with pytest.raises(OodStatsError, match=re.escape(f"flowserve ood {checkpoint}")):
         read_ood_stats(checkpoint)
+    assert main([str(checkpoint)]) == 1  # trained on data given by path: the command needs it again
+    assert "pass --dataset" in capsys.readouterr().err
     assert main([str(checkpoint), "--dataset", str(data), "--threads", "1", "--batch-size", "7"]) == 0
     assert f"wrote {checkpoint / STATS_FILE}" in capsys.readouterr().out
     stats = read_ood_stats(checkpoint)
