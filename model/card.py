@@ -2,7 +2,8 @@
 
 The card (the model hubs' convention) is generated from what the checkpoint records, so it cannot drift
 from the weights: architecture and size from `config.json`, data and training compute from its training
-summary, the learning curve from `training_log.json`, and sampling speed from a
+summary, the learning curve from `training_log.json`, the out-of-distribution reference from
+`ood_stats.json` (`python -m model.ood`), and sampling speed from a
 `benchmarks/compare_architectures.py` result when one is given.
 """
 
@@ -10,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .architectures import ARCHITECTURES
 from .checkpoint import read_config
 from .curves import CURVE_FILE, read_training_log
+from .ood import DEFAULT_FPR, STATS_FILE, OodStats, OodStatsError, read_ood_stats, stats_command
 
 __all__ = ["main", "model_card"]
 
@@ -34,6 +39,53 @@ def _precision(history: list[dict]) -> str:
         return ""
     span = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}–{epochs[-1]}"
     return f"; coupling networks in bfloat16 (autocast) in {span}"
+
+
+def _ood_section(checkpoint: Path) -> list[str]:
+    """The out-of-distribution reference statistics (`python -m model.ood`), or how to make them."""
+    lines = ["", "## Out-of-distribution reference"]
+    try:
+        stats: OodStats = read_ood_stats(checkpoint)
+    except OodStatsError as exc:
+        return [*lines, f"None usable: {exc}. `POST /logprob` with `ood: true` answers 422 until then.", ""]
+    bits = stats.num_dims * math.log(2)
+    levels = np.linspace(0.0, 100.0, len(stats.log_prob_quantiles))
+
+    def at(quantiles: np.ndarray, percent: float) -> float:
+        return float(np.interp(percent, levels, quantiles))
+
+    percents = (1, 5, 25, 50, 75, 95, 99)
+    fprs = sorted(stats.score_thresholds)
+    lines += [
+        f"`POST /logprob` with `ood: true` uses these ({STATS_FILE}, made by "
+        f"`{stats_command(checkpoint)}`; docs/math.md §8): {stats.test_images:,} held-out {stats.dataset} "
+        "test images, scored as the service scores them (hashed dequantisation, K = 1).",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| entropy estimate (mean −log p) | {stats.entropy:.1f} nats = {stats.entropy / bits:.3f} bits/dim; "
+        f"std {stats.neg_log_prob_std:.1f} nats |",
+        "| log p percentiles (nats) | "
+        + ", ".join(f"{q}%: {at(stats.log_prob_quantiles, q):.1f}" for q in percents)
+        + " |",
+        f"| complexity score S = −log₂ p − L (bits), L: {stats.method.split(':', 1)[1]} ({stats.codec}) | "
+        + ", ".join(f"{q}%: {at(stats.score_quantiles, q):.1f}" for q in percents)
+        + " |",
+        "| S thresholds (outlier above) | "
+        + ", ".join(
+            f"FPR {100 * f:g}%{' (default)' if f == DEFAULT_FPR else ''}: {stats.score_thresholds[f]:.1f}"
+            for f in fprs
+        )
+        + " |",
+        "",
+        "Typicality: a batch is atypical when |mean(−log p) − entropy| (nats) exceeds, per batch size:",
+        "",
+        "| batch size | " + " | ".join(f"FPR {100 * f:g}%" for f in fprs) + " |",
+        "| --- |" + " --- |" * len(fprs),
+    ]
+    for m, by_fpr in sorted(stats.typicality_thresholds.items()):
+        lines.append(f"| {m} | " + " | ".join(f"{by_fpr[f]:.1f}" for f in fprs) + " |")
+    return [*lines, ""]
 
 
 def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
@@ -93,7 +145,7 @@ def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
         "- Far smaller and trained far shorter than the published models (see the test bits/dim above and",
         "  the README's comparison table); samples at temperature 1 are noisier than at 0.7.",
         "- Images must match the input shape exactly; the service rejects other sizes with a 422.",
-        "",
+        *_ood_section(checkpoint),
         f"Regenerate this card with `python -m model.card {checkpoint.as_posix()}` after training.",
         "",
     ]

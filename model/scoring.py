@@ -97,8 +97,8 @@ def bits_per_dim(log_prob: torch.Tensor, num_dims: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Encoding:
-    """Images in latent space: latents `(N, C, H, W)` per level (finest first), float32 (float64 from a
-    float64 flow: latents beyond float32's range), and float64 `log|det ∂z/∂x|` and log-density
+    """Images in latent space: latents `(N, C, H, W)` per level (finest first), float32 unless asked
+    for in float64 (latents beyond float32's range), and float64 `log|det ∂z/∂x|` and log-density
     `log N(z) + log_det`, all on the CPU."""
 
     latents: tuple[torch.Tensor, ...]
@@ -106,7 +106,12 @@ class Encoding:
     log_prob: torch.Tensor
 
 
-def encode(flow: MultiScaleFlow, images: torch.Tensor, hashed: torch.Tensor | None = None) -> Encoding:
+def encode(
+    flow: MultiScaleFlow,
+    images: torch.Tensor,
+    hashed: torch.Tensor | None = None,
+    latent_dtype: torch.dtype = torch.float32,
+) -> Encoding:
     """Integer images → their `Encoding` at the bin centre `x + 0.5` (decoding lands mid-bin, so `decode`
     gives `x` back with room to spare), or where `hashed` (a bool per image) at `x + u` with `u` the image's
     hashed noise: the point `log_prob` evaluates with K = 1."""
@@ -119,5 +124,5 @@ def encode(flow: MultiScaleFlow, images: torch.Tensor, hashed: torch.Tensor | No
     latents, log_det = flow.encode((x + noise).to(device=weight.device, dtype=weight.dtype))
     exact = [z.double().cpu() for z in latents]
     log_det = log_det.double().cpu()
-    kept = tuple(z.float() for z in exact) if weight.dtype != torch.float64 else tuple(exact)
+    kept = tuple(z.to(latent_dtype) for z in exact)
     return Encoding(kept, log_det, flow.prior_log_prob(exact) + log_det)

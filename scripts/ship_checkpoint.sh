@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Turn a training run into a shipped checkpoint folder: weights, config, training log and curve, the last
-# sample grid, ONNX graphs and the model card; no optimizer state or per-epoch grids (the repo stays small).
+# sample grid, ONNX graphs, out-of-distribution statistics and the model card; no optimizer state or
+# per-epoch grids (the repo stays small).
 #   bash scripts/ship_checkpoint.sh runs/finc-mnist checkpoints/finc-mnist [--no-onnx] [model.card options]
-# --no-onnx: a snapshot to continue from (training/), not served: no ONNX graphs.
+# --no-onnx: a snapshot to continue from (training/), not served: no ONNX graphs, no ood_stats.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:?training run folder}; dest=${2:?checkpoint folder to write}; shift 2
@@ -24,7 +25,7 @@ if steps != logged:
              "ship after the next epoch ends")
 PYCODE
 mkdir -p "$dest"
-rm -rf "$dest/onnx"
+rm -rf "$dest/onnx" "$dest/ood_stats.json"
 for f in config.json model.safetensors training_log.json learning_curve.png; do
   cp "$run/$f" "$dest/$f"
 done
@@ -34,6 +35,9 @@ if [ "$onnx" = 1 ]; then
   log=$(mktemp)
   "$PY" -m model.export "$dest" >"$log" 2>&1 || { cat "$log"; exit 1; }
   rm -f "$log"
+  # the reference statistics of these weights; a run on a dataset given by path needs --dataset PATH
+  "$PY" -m model.ood "$dest" --threads "${OOD_THREADS:-1}" \
+    || echo "warning: $dest has no ood_stats.json (ood: true answers 422): run python -m model.ood $dest --dataset DATA" >&2
 fi
 "$PY" -m model.card "$dest" "$@"
 du -sh "$dest"

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("model.evaluate", "test bits/dim and throughput of a checkpoint"),
     "export": ("model.export", "export a checkpoint's convolution-only passes to ONNX"),
     "card": ("model.card", "write a checkpoint's model card (README.md)"),
+    "ood": ("model.ood", "compute a checkpoint's out-of-distribution reference statistics (ood_stats.json)"),
     "ray": ("service.ray_serve", "start a Ray node (head deploys the service with Ray Serve; needs .[ray])"),
 }
 

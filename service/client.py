@@ -1,7 +1,7 @@
 """Python client for the service (httpx, sync and async) and a small CLI.
 
 python -m service.client sample --n 16 --out grid.png [--model finc-mnist --seed 0 --temperature 0.7]
-python -m service.client logprob image.png [more.png ...] [--dequantization-samples 16]
+python -m service.client logprob image.png [more.png ...] [--dequantization-samples 16 | --ood --ood-fpr 0.01]
 python -m service.client encode image.png [more.png ...] --out latents.npz
 python -m service.client decode latents.npz --out grid.png
 python -m service.client interpolate (--start IMAGE | --start-seed N) (--end IMAGE | --end-seed N) \
@@ -120,10 +120,16 @@ def _files(images: list[bytes | str | Path]) -> list[tuple[str, tuple[str, bytes
     return files
 
 
-def _form(model: str | None, dequantization_samples: int) -> dict[str, str]:
+def _form(
+    model: str | None, dequantization_samples: int, ood: bool = False, ood_fpr: float | None = None
+) -> dict[str, str]:
     form = {"model": model} if model else {}
     if dequantization_samples != 1:
         form["dequantization_samples"] = str(dequantization_samples)
+    if ood:
+        form["ood"] = "true"
+    if ood_fpr is not None:
+        form["ood_fpr"] = f"{ood_fpr:g}"
     return form
 
 
@@ -151,12 +157,17 @@ class FlowClient:
         return _decode_sample(response.json())
 
     def logprob(
-        self, images: list[bytes | str | Path], model: str | None = None, dequantization_samples: int = 1
+        self,
+        images: list[bytes | str | Path],
+        model: str | None = None,
+        dequantization_samples: int = 1,
+        ood: bool = False,
+        ood_fpr: float | None = None,
     ) -> dict[str, Any]:
         """Score image files (paths) or encoded images (PNG/JPEG/.npy bytes); K > 1 dequantisation samples
-        give the importance-weighted bound."""
+        give the importance-weighted bound; `ood` adds out-of-distribution scores at `ood_fpr`."""
         response = self._http.post(
-            "/logprob", files=_files(images), data=_form(model, dequantization_samples)
+            "/logprob", files=_files(images), data=_form(model, dequantization_samples, ood, ood_fpr)
         )
         _raise_for_error(response)
         return response.json()
@@ -219,10 +230,15 @@ class AsyncFlowClient:
         return _decode_sample(response.json())
 
     async def logprob(
-        self, images: list[bytes | str | Path], model: str | None = None, dequantization_samples: int = 1
+        self,
+        images: list[bytes | str | Path],
+        model: str | None = None,
+        dequantization_samples: int = 1,
+        ood: bool = False,
+        ood_fpr: float | None = None,
     ) -> dict[str, Any]:
         response = await self._http.post(
-            "/logprob", files=_files(images), data=_form(model, dequantization_samples)
+            "/logprob", files=_files(images), data=_form(model, dequantization_samples, ood, ood_fpr)
         )
         _raise_for_error(response)
         return response.json()
@@ -279,6 +295,8 @@ def _parser() -> argparse.ArgumentParser:
     lp.add_argument(
         "--dequantization-samples", type=int, default=1, help="K of the importance-weighted bound"
     )
+    lp.add_argument("--ood", action="store_true", help="add out-of-distribution scores (docs/math.md §8)")
+    lp.add_argument("--ood-fpr", type=float, default=None, help="their false-positive rate (default 0.05)")
     enc = sub.add_parser("encode", help="image files → latents in an .npz (level0, level1, ..., log_det)")
     enc.add_argument("images", nargs="+")
     enc.add_argument("--dequantization", choices=["midpoint", "hashed"], default="midpoint")
@@ -312,7 +330,7 @@ def _run(client: FlowClient, args: argparse.Namespace) -> dict[str, Any]:
         save_grid(torch.from_numpy(images), args.out)
         return {**meta, "out": args.out}
     if args.command == "logprob":
-        return client.logprob(args.images, args.model, args.dequantization_samples)
+        return client.logprob(args.images, args.model, args.dequantization_samples, args.ood, args.ood_fpr)
     if args.command == "encode":
         latents, meta = client.encode(args.images, args.model, args.dequantization)
         np.savez(

@@ -199,7 +199,7 @@ def latents_to_tensors(
             )
         if not np.isfinite(array).all():
             raise InvalidLatents(f"{label}: contains NaN or infinite values")
-        if array.size and np.abs(array).max() > FLOAT32_MAX:
+        if array.size and np.abs(array.astype(np.float64, copy=False)).max() > FLOAT32_MAX:
             raise InvalidLatents(f"{label}: values beyond float32's range (±{FLOAT32_MAX:.3g})")
         tensors.append(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
     return tensors

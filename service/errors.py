@@ -22,6 +22,7 @@ __all__ = [
     "InvalidImage",
     "InvalidLatents",
     "NotReady",
+    "OodUnavailable",
     "Overloaded",
     "PayloadTooLarge",
     "ReplicaNotReady",
@@ -104,6 +105,11 @@ class InvalidImage(ServiceError, status=422, code="invalid_image"):
 
 class InvalidLatents(ServiceError, status=422, code="invalid_latents"):
     """Latents that are not one array per level of the model's latent shapes; names the level."""
+
+
+class OodUnavailable(ServiceError, status=422, code="ood_unavailable"):
+    """`ood: true` for a model without usable out-of-distribution statistics; names the command that
+    makes them (`flowserve ood CHECKPOINT`)."""
 
 
 class TooManyImages(ServiceError, status=422, code="too_many_images"):

@@ -181,3 +181,8 @@ class InterpolateResponse(DecodeResponse):
     steps: int
     method: Literal["linear", "spherical"]
     t: list[float] = Field(description="position of each image on the path, 0 (start) to 1 (end)")
+    endpoints_reconstructed: list[bool | None] = Field(
+        description="[start, end]: whether the first (last) frame is the end's image exactly (null for a "
+        "seed end); false only for images far outside the model's data, where its inverse is "
+        "ill-conditioned (docs/math.md §9)",
+    )

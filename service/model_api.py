@@ -23,6 +23,7 @@ from model.sampling import Decoder, draw_latents, onnx_decoder, torch_decoder
 from model.scoring import Encoding, LogDensity, encode, log_prob, onnx_log_density, torch_log_density
 
 from .onnx_backend import OnnxPass, load_onnx_passes
+from .ood import OodReference
 
 __all__ = ["ServedModel"]
 
@@ -57,6 +58,7 @@ class ServedModel:
     use_onnx: dict[str, bool] = field(default_factory=dict)
     sample_dtype: torch.dtype | None = None  # bfloat16: sampling's coupling networks under autocast
     exact: MultiScaleFlow | None = None  # a float64 copy, for the images float32 cannot hold (below)
+    ood: OodReference = field(default_factory=OodReference)  # out-of-distribution statistics (service/ood.py)
 
     @classmethod
     def load(
@@ -102,6 +104,7 @@ class ServedModel:
             path.name, path, flow, config, device, backend, onnx, sample_dtype=sample_dtype, exact=exact
         )
         model.use_onnx = {name: True for name in onnx}
+        model.ood = OodReference.load(path)
         return model
 
     @property
@@ -164,7 +167,7 @@ class ServedModel:
         bad = ~(torch.isfinite(encoding.log_prob) & _finite_rows(encoding.latents))
         if not bool(bad.any()):
             return encoding
-        again = encode(self.exact, images[bad], None if hashed is None else hashed[bad])
+        again = encode(self.exact, images[bad], None if hashed is None else hashed[bad], torch.float64)
         latents = [z.double() for z in encoding.latents]
         for z, exact in zip(latents, again.latents, strict=True):
             z[bad] = exact

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints
+
+from model.ood import DEFAULT_FPR, FPRS
 
 __all__ = [
     "MAX_SEED",
@@ -19,9 +21,14 @@ __all__ = [
     "LogProbResponse",
     "ModelInfo",
     "ModelList",
+    "OodImageScore",
+    "OodLogProbResponse",
+    "OodReferenceInfo",
+    "OodRequestInfo",
     "SampleRequest",
     "SampleResponse",
     "Timings",
+    "Typicality",
     "error_responses",
     "publish_limits",
 ]
@@ -47,6 +54,7 @@ Base64Image = Annotated[str, StringConstraints(min_length=1, max_length=MAX_IMAG
 PixelArray = list[list[Pixel]] | list[list[list[Pixel]]]  # (H, W), (C, H, W) or (H, W, C)
 ModelName = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
 Temperature = Annotated[float, Field(strict=True, ge=0.0, le=2.0)]  # scale of the latent noise
+FalsePositiveRate = Literal[FPRS]  # type: ignore[valid-type]  # the rates every ood_stats.json has thresholds at
 
 
 class ErrorDetail(BaseModel):
@@ -131,11 +139,26 @@ class LogProbRequest(BaseModel):
         description="K: score log mean_k p(x + u_k) over K hashed noise draws per image (importance-weighted "
         "bound, tighter as K grows; K = 1 is the single-sample bound); costs K passes",
     )
+    ood: StrictBool = Field(
+        False,
+        description="also score how out-of-distribution each image is (ood_score, log_prob_percentile, "
+        "is_outlier, ood_method) and, for several images, the batch (typicality); needs the model's "
+        "reference statistics (flowserve ood CHECKPOINT) and dequantization_samples 1 (docs/math.md §8)",
+    )
+    ood_fpr: FalsePositiveRate | None = Field(
+        None,
+        description=f"false-positive rate of is_outlier and of the typicality verdict, one of the stored "
+        f"rates; default {DEFAULT_FPR} (only with ood: true)",
+    )
 
 
 class ImageScore(BaseModel):
-    log_prob: float = Field(description="log-probability of the discrete image, nats")
-    bits_per_dim: float
+    """An image's score. Computed in float32, and again in float64 for an image whose float32 number is
+    not finite (an image far outside the training data: docs/math.md §9); null only where the model's
+    density is not finite even in float64."""
+
+    log_prob: float | None = Field(description="log-probability of the discrete image, nats")
+    bits_per_dim: float | None = Field(description="-log_prob / (num_dims ln 2)")
 
 
 class LogProbResponse(BaseModel):
@@ -144,6 +167,67 @@ class LogProbResponse(BaseModel):
     dequantization_samples: int = Field(1, description="K of the importance-weighted bound")
     results: list[ImageScore]
     timings: Timings
+
+
+class OodImageScore(ImageScore):
+    ood_score: float | None = Field(
+        description="complexity-corrected score S(x) = −log₂ p(x) − L(x), bits, L the image's length "
+        "under a lossless compressor; higher is more anomalous; null where log_prob is −inf (the density "
+        "underflowed; is_outlier is true)"
+    )
+    log_prob_percentile: float = Field(
+        ge=0, le=100, description="percentage of the model's held-out test images with a lower log_prob"
+    )
+    is_outlier: bool = Field(description="ood_score above the model's threshold at the request's ood_fpr")
+    ood_method: str = Field(description="what ood_score is: input_complexity:<compressor>")
+
+
+class OodRequestInfo(BaseModel):
+    method: str = Field(description="what ood_score is: input_complexity:<compressor>")
+    fpr: float = Field(description="false-positive rate of is_outlier and the typicality verdict")
+    threshold: float = Field(description="ood_score above this (bits) is an outlier at fpr")
+    dataset: str = Field(description="the in-distribution images the thresholds were fit on")
+    test_images: int = Field(description="how many of them")
+
+
+class Typicality(BaseModel):
+    batch_size: int = Field(description="images in the request")
+    reference_batch_size: int = Field(
+        description="the stored batch size whose threshold is used: the largest not above batch_size "
+        "(a threshold for fewer images is wider, so the false-positive rate stays at most fpr)"
+    )
+    mean_neg_log_prob: float | None = Field(description="the batch's mean −log p, nats (null: infinite)")
+    entropy: float = Field(description="the model's entropy estimate: mean −log p of its test images, nats")
+    statistic: float | None = Field(description="|mean_neg_log_prob − entropy|, nats (null: infinite)")
+    threshold: float = Field(description="bootstrap threshold at fpr for reference_batch_size, nats")
+    is_outlier: bool = Field(
+        description="statistic above threshold: the batch is not typical of the model's data (too unlikely "
+        "or too likely)"
+    )
+
+
+class OodLogProbResponse(LogProbResponse):
+    """`/logprob` with `ood: true`."""
+
+    results: list[OodImageScore]
+    ood: OodRequestInfo
+    typicality: Typicality | None = Field(
+        description="the two-sided typicality test of the request's images as one batch; null for one image "
+        "(use is_outlier)"
+    )
+
+
+class OodReferenceInfo(BaseModel):
+    available: bool = Field(description="whether /logprob accepts ood: true for this model")
+    message: str | None = Field(description="why not, and the command that makes the statistics")
+    method: str | None = Field(description="what ood_score is")
+    dataset: str | None = Field(description="the held-out images the statistics were computed on")
+    test_images: int | None
+    entropy: float | None = Field(description="mean −log p of those images, nats")
+    fprs: list[float] = Field(description="the false-positive rates ood_fpr may choose")
+    default_fpr: float
+    thresholds: dict[str, float] = Field(description="ood_score threshold (bits) per false-positive rate")
+    typicality_batch_sizes: list[int] = Field(description="batch sizes with fitted typicality thresholds")
 
 
 class ModelInfo(BaseModel):
@@ -156,6 +240,7 @@ class ModelInfo(BaseModel):
     dataset: str | None
     device: str
     backend: dict[str, str] = Field(description="per operation: torch:<device> or onnxruntime:<provider>")
+    ood: OodReferenceInfo = Field(description="the out-of-distribution reference statistics")
     default: bool = False
 
 

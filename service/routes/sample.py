@@ -12,7 +12,7 @@ from ..bodies import json_body, json_body_openapi
 from ..codec import images_payload
 from ..operations import LatentsInput
 from ..schemas import MAX_SEED, SampleRequest, SampleResponse, error_responses
-from ..state import Authorized, ReadyState, RequestLimits
+from ..state import ReadyState, RequestLimits
 from .common import Call, json_response, raw_images_response, timings, until_disconnect
 
 router = APIRouter(tags=["inference"])
@@ -22,7 +22,6 @@ SampleCall = Call[SampleRequest, None]
 async def sample_call(
     body: Annotated[SampleRequest, Depends(json_body(SampleRequest))],
     state: ReadyState,
-    _: Authorized,
     limits: RequestLimits,
 ) -> SampleCall:
     entry = state.registry.get(body.model)

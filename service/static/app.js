@@ -329,6 +329,17 @@ function scoreCell(text, className) {
   return td;
 }
 
+// Percentile among the model's test images and the out-of-distribution verdict (docs/math.md §8); a model
+// without reference statistics says so instead.
+function oodCells(r, ood) {
+  if (!ood) return [scoreCell("n/a", "percentile"), scoreCell("no statistics", "ood")];
+  const percentile = scoreCell(`${r.log_prob_percentile.toFixed(1)}%`, "percentile");
+  const s = r.ood_score === null ? "∞" : r.ood_score.toFixed(0);
+  const verdict = scoreCell(`${r.is_outlier ? "outlier" : "in distribution"} (${s})`, "ood");
+  verdict.classList.add(r.is_outlier ? "outlier" : "inlier");
+  return [percentile, verdict];
+}
+
 async function score() {
   const k = Math.max(1, Math.min(64, Number($("k-samples").value) || 1));
   $("k-header").textContent = `bits/dim, K = ${k}`;
@@ -345,20 +356,21 @@ async function score() {
       th.textContent = m.name;
       tr.append(th);
       try {
+        const ood = Boolean(m.ood && m.ood.available);
         const [one, many] = await Promise.all([
-          api("/logprob", { model: m.name, images: [pixels] }),
+          api("/logprob", ood ? { model: m.name, images: [pixels], ood } : { model: m.name, images: [pixels] }),
           k > 1 ? api("/logprob", { model: m.name, images: [pixels], dequantization_samples: k }) : null,
         ]);
         const r = one.results[0];
+        tr.append(scoreCell(r.bits_per_dim.toFixed(4), "bpd"), ...oodCells(r, ood));
         tr.append(
-          scoreCell(r.bits_per_dim.toFixed(4), "bpd"),
           scoreCell(r.log_prob.toFixed(2), "logp"),
           scoreCell(many ? many.results[0].bits_per_dim.toFixed(4) : "same", "bpd-k"),
         );
         return [tr, null];
       } catch (err) {
         const td = scoreCell(describe(err), "error");
-        td.colSpan = 3;
+        td.colSpan = 5;
         tr.append(td);
         return [tr, err];
       }

@@ -58,3 +58,10 @@ def test_the_installed_flowserve_script_lists_and_runs_every_entry_point():
         assert all(word in run.stdout for word in words), (command, run.stdout)
     unknown = _flowserve("fly")
     assert unknown.returncode == 2 and "unknown command 'fly'" in unknown.stderr
+
+
+def test_flowserve_ood_is_the_command_that_makes_the_statistics():
+    run = _flowserve("ood", "--help")
+    assert run.returncode == 0, run.stderr
+    assert all(word in run.stdout for word in ("checkpoints", "--threads", "--test-images", "--dataset"))
+    assert "ood" in COMMANDS and COMMANDS["ood"][0] == "model.ood"

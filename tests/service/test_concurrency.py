@@ -162,7 +162,9 @@ async def test_sigterm_stops_readiness_and_drains_accepted_requests():
     assert "drained and stopped" in server.final_output
 
 
-async def test_api_key_guards_inference_but_not_health_or_metrics():
+async def test_api_key_guards_everything_but_health():
+    """With a key, liveness and readiness stay open; inference, models and metrics need it (Prometheus
+    scrapers send it as a bearer token)."""
     with RealServer(env={"FLOWS_API_KEY": "s3cret"}) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             denied = await client.post("/sample", json={"num_samples": 1})
@@ -171,7 +173,9 @@ async def test_api_key_guards_inference_but_not_health_or_metrics():
             ok = await client.post("/sample", json={"num_samples": 1}, headers={"X-API-Key": "s3cret"})
             assert ok.status_code == 200
             assert (await client.get("/health/ready")).status_code == 200
-            assert (await client.get("/metrics")).status_code == 200
+            assert (await client.get("/metrics")).status_code == 401
+            scrape = await client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+            assert scrape.status_code == 200 and "flows_requests_total" in scrape.text
 
 
 async def test_a_client_that_disconnects_has_its_queued_work_cancelled():

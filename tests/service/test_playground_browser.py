@@ -38,6 +38,7 @@ QUEUE = 32  # the server's --max-queue-images: asking for more samples is answer
 # Interpolations run on the model whose encode and decode are both fast on a CPU (convolutions only).
 FAST = "glow-mnist" if "glow-mnist" in SHIPPED else (SHIPPED or [""])[0]
 TIMINGS = re.compile(r"queue \d+\.\d ms · inference \d+\.\d ms · total \d+\.\d ms")
+VERDICT = re.compile(r"(?P<verdict>outlier|in distribution) \((?P<score>-?\d+)\)")
 
 pytestmark = pytest.mark.skipif(not SHIPPED, reason="no shipped checkpoints")
 
@@ -192,6 +193,22 @@ def test_sample_every_model_shows_the_requested_grid_and_timings(browser, server
     page.context.close()
 
 
+def assert_ood_cells(row, api, model: str, pixels: list) -> dict | None:
+    """The row's percentile and out-of-distribution verdict are the API's (`ood: true`), or say that the
+    model has no statistics; returns the API's result."""
+    if not api.get(f"/models/{model}").json()["ood"]["available"]:
+        assert row.locator("td.ood").inner_text() == "no statistics"
+        return None
+    scored = api.post("/logprob", json={"model": model, "images": [pixels], "ood": True}).json()["results"][0]
+    assert row.locator("td.percentile").inner_text() == f"{scored['log_prob_percentile']:.1f}%"
+    verdict = VERDICT.fullmatch(row.locator("td.ood").inner_text())
+    assert verdict, row.locator("td.ood").inner_text()
+    assert (verdict["verdict"] == "outlier") == scored["is_outlier"]
+    assert float(verdict["score"]) == pytest.approx(scored["ood_score"], abs=0.5)
+    assert ("outlier" in row.locator("td.ood").get_attribute("class")) == scored["is_outlier"]
+    return scored
+
+
 def test_a_drawn_digit_is_scored_by_every_model_like_a_direct_logprob(browser, server, api):
     page = open_page(browser, server)
     page.click("#tab-score")
@@ -214,6 +231,7 @@ def test_a_drawn_digit_is_scored_by_every_model_like_a_direct_logprob(browser, s
         assert abs(shown_bpd - one["bits_per_dim"]) <= 5e-5
         assert abs(shown_logp - one["log_prob"]) <= 5e-3
         assert abs(shown_k - four["bits_per_dim"]) <= 5e-5
+        assert_ood_cells(row, api, model, pixels)
     page.click("#clear")
     assert sum(map(sum, preview_pixels(page))) == 0
     page.context.close()
@@ -347,5 +365,13 @@ def test_uploading_an_image_file_scores_its_pixels(browser, server, api, tmp_pat
     shown = float(page.locator(f"#scores tr[data-model='{SHIPPED[0]}'] td.bpd").inner_text())
     assert abs(shown - direct["results"][0]["bits_per_dim"]) <= 5e-5
     assert shown < 3  # a real digit is likely under every model
+    verdicts = {}
+    for model in SHIPPED:
+        row = page.locator(f"#scores tr[data-model='{model}']")
+        scored = assert_ood_cells(row, api, model, pixels.tolist())
+        if scored is not None:
+            verdicts[model] = scored["is_outlier"]
+    if "finc-fashion-mnist" in verdicts:  # likelier than its own clothes, and flagged all the same
+        assert verdicts.pop("finc-fashion-mnist") and not any(verdicts.values()), verdicts
     shot(page, "08-score-upload")
     page.context.close()
