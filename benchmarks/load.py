@@ -352,10 +352,13 @@ def _start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     raise TimeoutError("server not ready")
 
 
-def start_server(models: str, server_args: list[str] | None = None) -> tuple[subprocess.Popen, str]:
-    """`python -m service` from this checkout with its defaults (backend and threads auto, batches of 64)."""
+def start_server(
+    models: str, server_args: list[str] | None = None, server_root: str | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`python -m service` from this checkout (or `server_root`) with its defaults (backend and threads
+    auto, batches of 64)."""
     options = argparse.Namespace(
-        server_root=None,
+        server_root=server_root,
         server_python=None,
         models=models,
         backend="auto",

@@ -180,21 +180,22 @@ def _is_member_tag(part: object) -> bool:
     return isinstance(part, str) and ("[" in part or "-" in part)
 
 
+def _distance(errors: list[dict]) -> tuple[bool, int, int]:
+    wrong_type = all(e.get("type", "").endswith("_type") for e in errors)
+    return wrong_type, len(errors), -max(len(e["loc"]) for e in errors)
+
+
 def closest_union_member(errors: list[dict]) -> list[dict]:
-    """Of a union's members, keep the errors of the one the input came closest to (fewest errors, then
-    the deepest): a nested pixel array with one bad pixel is that pixel's error, not a string error and
-    784 others from the members it never was."""
+    """Of a union's members, keep the errors of the one the input came closest to (not of a type it
+    never was, then fewest errors, then the deepest): a nested pixel array with one bad pixel is that
+    pixel's error, not a string error and 784 others from the members it never was."""
     by_union: dict[tuple, dict[str, list[dict]]] = {}
     for error in errors:
         loc = tuple(error.get("loc", ()))
         at = next((i for i, part in enumerate(loc) if _is_member_tag(part)), None)
         if at is not None:
             by_union.setdefault(loc[:at], {}).setdefault(loc[at], []).append(error)
-    chosen = {
-        id(e)
-        for members in by_union.values()
-        for e in min(members.values(), key=lambda es: (len(es), -max(len(e["loc"]) for e in es)))
-    }
+    chosen = {id(e) for members in by_union.values() for e in min(members.values(), key=_distance)}
     return [
         e for e in errors if id(e) in chosen or not any(_is_member_tag(part) for part in e.get("loc", ()))
     ]
@@ -222,7 +223,8 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         where = error_path(first.get("loc", ()))
         code = "malformed_json" if first.get("type") == "json_invalid" else "invalid_request"
-        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        text = str(first.get("msg")).removeprefix("Value error, ")
+        message = f"{where}: {text}" if where else text
         if "input" in first and not isinstance(first["input"], dict | list) and code != "malformed_json":
             message += f" (got {str(first['input'])[:40]!r})"
         if len(errors) > 1:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    WithJsonSchema,
+    model_validator,
+)
 
 from .schemas import (
     HARD_MAX_IMAGES,
@@ -15,6 +24,7 @@ from .schemas import (
     Seed,
     Temperature,
     Timings,
+    nested_numbers,
 )
 
 __all__ = [
@@ -31,11 +41,22 @@ MAX_LEVELS = 16
 MAX_LATENT_CHARS = 2**24  # one level's base64 .npy; the body limit usually binds first
 # A latent value: a JSON number, never a boolean or a string (strict; ints are numbers too).
 LatentValue = Annotated[float, Field(strict=True)]
+
+
+def _number(x: object) -> bool:
+    return type(x) is float or type(x) is int
+
+
 # One level: base64 float32 .npy, or nested numbers (N, C, H, W) or (C, H, W); the model decides the sizes.
 LatentLevel = (
     Annotated[str, StringConstraints(min_length=1, max_length=MAX_LATENT_CHARS)]
-    | list[list[list[list[LatentValue]]]]
-    | list[list[list[LatentValue]]]
+    | Annotated[
+        list,
+        BeforeValidator(nested_numbers((3, 4), _number, "numbers")),
+        WithJsonSchema(
+            TypeAdapter(list[list[list[list[LatentValue]]]] | list[list[list[LatentValue]]]).json_schema()
+        ),
+    ]
 )
 
 # Examples that work on the shipped MNIST models (Swagger's "Try it out", and the fuzz test's valid cases):

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         256, ge=1, description="images one request may upload (/logprob, /encode)"
     )
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="larger request bodies get a 413")
+    max_json_bytes: int = Field(
+        3 * 2**20,
+        ge=1024,
+        description="larger JSON bodies get a 413: parsing one holds the interpreter for ~20 ms per MB, "
+        "so this bounds how long one request can delay the others (256 images' latents as nested "
+        "arrays fit; as base64 .npy they take a third)",
+    )
     api_key: str | None = Field(
         None,
         description="if set, every path but liveness, readiness and the playground's static files needs it, "

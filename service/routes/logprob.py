@@ -12,12 +12,11 @@ from typing import Annotated
 import torch
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from model.ood import FPRS
 
-from ..bodies import off_loop
+from ..bodies import off_loop, read_json
 from ..codec import images_to_tensor
 from ..errors import BadRequest, UnsupportedMediaType
 from ..limits import Limits
@@ -85,10 +84,7 @@ class Upload:
 
 
 async def _read_json(request: Request, limits: Limits) -> Upload:
-    try:
-        body = await off_loop(LogProbRequest.model_validate_json, await request.body())
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from None
+    body = await read_json(request, LogProbRequest)
     limits.check_images(len(body.images))
     labels = [f"images[{i}]" for i in range(len(body.images))]
     return Upload(body.model, body.images, labels, body.dequantization_samples, body.ood, body.ood_fpr)

@@ -7,11 +7,9 @@ import io
 import json
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from benchmarks.hostile import jpeg_declaring, npy_declaring, png_declaring
 from service.errors import InternalError, error_body
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
@@ -46,42 +45,13 @@ def server() -> Iterator[RealServer]:
         yield running
 
 
-def _png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header declares a huge 1-bit image (the data would decompress to that size)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
-        + chunk(b"IEND", b"")
-    )
-
-
-def _jpeg_declaring(width: int, height: int) -> bytes:
-    return (
-        b"\xff\xd8\xff\xc0\x00\x11\x08"
-        + struct.pack(">HH", height, width)
-        + b"\x03\x01\x22\x00\x02\x11\x01\x03\x11\x01\xff\xd9"
-    )
-
-
-def _npy_declaring(descr: str, shape: str) -> bytes:
-    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}".encode()
-    header += b" " * (63 - len(header) % 64) + b"\n"
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
-
-
 BOMBS = {
-    "png 30000x30000": _png_declaring(30000, 30000),
-    "png 10000x10000": _png_declaring(10000, 10000),
-    "jpeg 65000x65000": _jpeg_declaring(65000, 65000),
-    "npy (10**15,)": _npy_declaring("<f8", "(1000000000000000,)"),
-    "npy V100000000": _npy_declaring("|V100000000", "(1,)"),
-    "npy object": _npy_declaring("|O", "(784,)"),
+    "png 30000x30000": png_declaring(30000, 30000),
+    "png 10000x10000": png_declaring(10000, 10000),
+    "jpeg 65000x65000": jpeg_declaring(65000, 65000),
+    "npy (10**15,)": npy_declaring("<f8", "(1000000000000000,)"),
+    "npy V100000000": npy_declaring("|V100000000", "(1,)"),
+    "npy object": npy_declaring("|O", "(784,)"),
 }
 
 
@@ -111,7 +81,7 @@ def test_a_pixel_error_names_the_element_and_its_value(server):
     image[3][5] = 300
     with _client(server) as client:
         message = client.post("/logprob", json={"images": [image]}).json()["error"]["message"]
-    assert message.startswith("images.0.3.5: ") and "300" in message and "more problem" not in message
+    assert message.startswith("images.0: element 3.5 is '300'") and "more problem" not in message
 
 
 def test_json_endpoints_answer_415_for_other_content_types_and_head_works(server):
