@@ -21,7 +21,19 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
-    models: Path = Field(DEFAULT_MODELS_DIR, description="directory of checkpoint directories")
+    models: Path = Field(
+        DEFAULT_MODELS_DIR,
+        description="directory of model folders: each a checkpoint (version 1) and/or numbered version "
+        "folders NAME/1/, NAME/2/, ... (the highest serves)",
+    )
+    poll_models_s: float = Field(
+        0.0,
+        ge=0,
+        le=86400,
+        description="every this many seconds, scan the models folder and load each new model or new "
+        "latest version, swapped in without a restart (0: no polling; POST /v2/repository/models/NAME/load "
+        "loads on request)",
+    )
     default_model: str | None = Field(None, description="model used when a request names none")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where models run (auto: CUDA when present; cuda without a GPU is an error)"
