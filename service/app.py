@@ -15,10 +15,13 @@ from .batching import InferenceThread
 from .bodies import register_schemas
 from .errors import install_error_handlers
 from .latent_schemas import DecodeRequest, EncodeRequest, InterpolateRequest
+from .leases import LeaseMiddleware
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
-from .registry import ModelRegistry, checkpoint_dirs
-from .routes import health, latent, logprob, metrics, models, playground, sample
+from .oip_errors import ProtocolErrorMiddleware
+from .registry import ModelRegistry, warmup_sizes
+from .repository import model_names
+from .routes import health, latent, logprob, metrics, models, playground, repository, sample, v2
 from .runtime import prepare_kernels, set_up_process
 from .schemas import SampleRequest, publish_limits
 from .settings import Settings
@@ -29,10 +32,6 @@ __all__ = ["create_app"]
 log = logging.getLogger("service")
 # The request models of the routes that parse their bodies with `bodies.json_body`.
 JSON_BODIES = (SampleRequest, EncodeRequest, DecodeRequest, InterpolateRequest)
-
-
-def _warmup_sizes(settings: Settings) -> list[int]:
-    return sorted({1, settings.max_batch_images})
 
 
 @asynccontextmanager
@@ -47,9 +46,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor, ModelRegistry.load, settings, runtime, state.inference, state.metrics
     )
     if settings.warmup:
-        await loop.run_in_executor(executor, registry.warm_up, settings, _warmup_sizes(settings))
-    for batcher in registry.batchers():
-        batcher.start()
+        await loop.run_in_executor(executor, registry.warm_up, warmup_sizes(settings))
+    registry.start()
     # Start-up objects (models, modules, schemas) move out of the collector's generations, so the
     # collections that requests trigger stay short (fewer latency spikes).
     gc.collect()
@@ -67,7 +65,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         state.ready = False
-        await asyncio.gather(*(b.close() for b in registry.batchers()))
+        await registry.close()
         state.inference.shutdown()
         log.info("drained and stopped")
 
@@ -90,7 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(latent.router)
     app.include_router(playground.router)
+    app.include_router(v2.router)  # the Open Inference Protocol, and Triton's repository extension
+    app.include_router(repository.router)
     playground.mount_static(app)
+    app.add_middleware(LeaseMiddleware)  # inside the request context: released before it logs
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics_,
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body_timeout_s=settings.body_timeout_s,
         api_key=settings.api_key,
     )
+    app.add_middleware(ProtocolErrorMiddleware)  # outermost: /v2 errors in the protocol's shape
     default_openapi = app.openapi
 
     def openapi() -> dict:
@@ -108,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 spec,
                 max_samples=settings.max_samples_per_request,
                 max_images=settings.max_images_per_request,
-                models=[p.name for p in checkpoint_dirs(settings.models)],
+                models=model_names(settings.models),
             )
         return app.openapi_schema
 

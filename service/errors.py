@@ -20,13 +20,17 @@ __all__ = [
     "DeadlineExceeded",
     "InternalError",
     "InvalidImage",
+    "InvalidInferenceRequest",
     "InvalidLatents",
+    "ModelLoadFailed",
+    "ModelNotLoaded",
     "NotReady",
     "OodUnavailable",
     "Overloaded",
     "PayloadTooLarge",
     "ReplicaNotReady",
     "ReplicaUnavailable",
+    "RepositoryConflict",
     "RequestTimeout",
     "ServiceError",
     "TooManyImages",
@@ -82,6 +86,25 @@ class Unauthorized(ServiceError, status=401, code="unauthorized"):
 
 class UnknownModel(ServiceError, status=404, code="unknown_model"):
     """A model name the server does not hold."""
+
+
+class ModelNotLoaded(UnknownModel, code="model_not_loaded"):
+    """A model (or version) on disk that serves no requests now: unloaded, failed to load, or not the
+    version being served."""
+
+
+class InvalidInferenceRequest(ServiceError, status=400, code="invalid_inference_request"):
+    """An Open Inference Protocol request whose JSON, tensors or parameters do not fit the model it names
+    (service/oip.py names the tensor and what was expected)."""
+
+
+class ModelLoadFailed(ServiceError, status=400, code="model_load_failed"):
+    """A repository load whose checkpoint did not load or warm up; the version serving before keeps
+    serving, and the message names the file and the reason."""
+
+
+class RepositoryConflict(ServiceError, status=409, code="repository_conflict"):
+    """A repository request the served models' state refuses (unloading the server's default model)."""
 
 
 class PayloadTooLarge(ServiceError, status=413, code="payload_too_large"):

@@ -100,6 +100,7 @@ class EncodeRequest(BaseModel):
 
 class EncodeResponse(BaseModel):
     model: str
+    model_version: str = Field(description="the version of the model that answered (also X-Model-Version)")
     num_images: int
     format: Literal["npy", "array"]
     latent_shapes: list[list[int]] = Field(description="(C, H, W) of each level, finest first")
@@ -132,6 +133,7 @@ class DecodeRequest(BaseModel):
 
 class DecodeResponse(BaseModel):
     model: str
+    model_version: str = Field(description="the version of the model that answered (also X-Model-Version)")
     num_images: int
     image_shape: list[int]
     format: ImageFormat

@@ -1,8 +1,9 @@
-"""Prometheus metrics, one registry per app (so several apps in one process never collide)."""
+"""Prometheus metrics, one registry per app (so several apps in one process never collide), with the
+standard `process_*` metrics (CPU time, resident memory, open files) on it."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 __all__ = ["Metrics"]
 
@@ -14,6 +15,7 @@ _PER_BATCHER = ["model", "op"]  # the labels of everything a batcher measures
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
         self.requests = Counter(
             "flows_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
         )
@@ -52,3 +54,9 @@ class Metrics:
         )
         self.images_generated = Counter("flows_images_generated", "images sampled", ["model"], registry=r)
         self.images_scored = Counter("flows_images_scored", "images scored", ["model"], registry=r)
+        self.model_ready = Gauge(
+            "flows_model_ready",
+            "1 for the version of each model that takes new requests (service/registry.py)",
+            ["model", "version"],
+            registry=r,
+        )

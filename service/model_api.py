@@ -17,6 +17,7 @@ import torch
 import kernels_cuda
 from model import CheckpointError, MultiScaleFlow, load_flow, read_config
 from model.architectures import Pass, get_architecture
+from model.export import weights_digest
 from model.hardware import native_bfloat16
 from model.layers import subnets_channels_last
 from model.sampling import Decoder, draw_latents, onnx_decoder, torch_decoder
@@ -46,7 +47,9 @@ log = logging.getLogger("service.model")
 @dataclass
 class ServedModel:
     """`backend` is `torch`, `onnx` (exported passes on onnxruntime, the rest on torch) or `auto`
-    (both measured at warm-up; the faster serves each pass). `use_onnx` says, per pass, which serves."""
+    (both measured at warm-up; the faster serves each pass). `use_onnx` says, per pass, which serves.
+    `version` is the model version this checkpoint is (service/repository.py), `weights_sha256` the
+    SHA-256 of its `model.safetensors`: together they say which weights answered a request."""
 
     name: str
     path: Path
@@ -59,6 +62,8 @@ class ServedModel:
     sample_dtype: torch.dtype | None = None  # bfloat16: sampling's coupling networks under autocast
     exact: MultiScaleFlow | None = None  # a float64 copy, for the images float32 cannot hold (below)
     ood: OodReference = field(default_factory=OodReference)  # out-of-distribution statistics (service/ood.py)
+    version: int = 1
+    weights_sha256: str = ""
 
     @classmethod
     def load(
@@ -68,11 +73,14 @@ class ServedModel:
         backend: str = "torch",
         threads: int = 0,
         precision: str = "float32",
+        name: str | None = None,
+        version: int = 1,
     ) -> ServedModel:
         """The checkpoint at `path`, frozen for inference, its coupling networks channels-last (oneDNN's
         and cuDNN's fast layout; the same float32 results up to rounding), with the ONNX passes `backend`
         asks for. `precision` bf16 samples with bfloat16 coupling networks on torch, where the hardware
-        computes bfloat16 natively (so that pass never goes to onnxruntime's float32 graph)."""
+        computes bfloat16 natively (so that pass never goes to onnxruntime's float32 graph). It is served
+        as `name` (default: the folder's name) at `version`."""
         flow = subnets_channels_last(load_flow(path, device=device).freeze())
         sample_dtype = None
         if precision == "bf16":
@@ -101,7 +109,17 @@ class ServedModel:
         exact = copy.deepcopy(flow).freeze(False).double().freeze()
         config = read_config(path)
         model = cls(
-            path.name, path, flow, config, device, backend, onnx, sample_dtype=sample_dtype, exact=exact
+            name or path.name,
+            path,
+            flow,
+            config,
+            device,
+            backend,
+            onnx,
+            sample_dtype=sample_dtype,
+            exact=exact,
+            version=version,
+            weights_sha256=weights_digest(path),
         )
         model.use_onnx = {name: True for name in onnx}
         model.ood = OodReference.load(path)
@@ -226,6 +244,8 @@ class ServedModel:
         training = self.config.get("training", {})
         return {
             "name": self.name,
+            "model_version": str(self.version),
+            "weights_sha256": self.weights_sha256,
             "architecture": self.flow.config.arch,
             "config": self.flow.config.model_dump(mode="json"),
             "image_shape": list(self.image_shape),

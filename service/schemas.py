@@ -31,6 +31,7 @@ __all__ = [
     "LogProbResponse",
     "ModelInfo",
     "ModelList",
+    "ModelVersionInfo",
     "OodImageScore",
     "OodLogProbResponse",
     "OodReferenceInfo",
@@ -168,6 +169,7 @@ class SampleRequest(BaseModel):
 
 class SampleResponse(BaseModel):
     model: str
+    model_version: str = Field(description="the version of the model that answered (also X-Model-Version)")
     seed: int
     temperature: float
     num_samples: int
@@ -219,6 +221,7 @@ class ImageScore(BaseModel):
 
 class LogProbResponse(BaseModel):
     model: str
+    model_version: str = Field(description="the version of the model that answered (also X-Model-Version)")
     num_dims: int
     dequantization_samples: int = Field(1, description="K of the importance-weighted bound")
     results: list[ImageScore]
@@ -286,8 +289,25 @@ class OodReferenceInfo(BaseModel):
     typicality_batch_sizes: list[int] = Field(description="batch sizes with fitted typicality thresholds")
 
 
+class ModelVersionInfo(BaseModel):
+    version: str
+    state: Literal["READY", "LOADING", "UNLOADING", "UNAVAILABLE"] = Field(
+        description="READY: takes new requests; UNLOADING: finishing the requests it took; UNAVAILABLE: on "
+        "disk, not loaded (see reason)"
+    )
+    reason: str = Field(description="why a version is not READY (empty when it is)")
+    weights_sha256: str | None = Field(description="SHA-256 of its model.safetensors")
+
+
 class ModelInfo(BaseModel):
     name: str
+    model_version: str = Field(description="the version that takes new requests (also X-Model-Version)")
+    weights_sha256: str = Field(description="SHA-256 of that version's model.safetensors")
+    versions: list[ModelVersionInfo] = Field(
+        default_factory=list,
+        description="every version of the model: in memory, or on disk as of the last scan of the models "
+        "folder",
+    )
     architecture: str
     config: dict
     image_shape: list[int]

@@ -21,7 +21,19 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
-    models: Path = Field(DEFAULT_MODELS_DIR, description="directory of checkpoint directories")
+    models: Path = Field(
+        DEFAULT_MODELS_DIR,
+        description="directory of model folders: each a checkpoint (version 1) and/or numbered version "
+        "folders NAME/1/, NAME/2/, ... (the highest serves)",
+    )
+    poll_models_s: float = Field(
+        0.0,
+        ge=0,
+        le=86400,
+        description="every this many seconds, scan the models folder and load each new model or new "
+        "latest version, swapped in without a restart (0: no polling; POST /v2/repository/models/NAME/load "
+        "loads on request)",
+    )
     default_model: str | None = Field(None, description="model used when a request names none")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where models run (auto: CUDA when present; cuda without a GPU is an error)"
@@ -29,7 +41,9 @@ class Settings(BaseSettings):
     backend: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="inference backend for exportable passes (auto: the faster one on this device)"
     )
-    max_batch_images: int = Field(64, ge=1, le=4096, description="a batch closes at this many images")
+    max_batch_images: int = Field(
+        64, ge=1, le=4096, description="a batch closes at this many image passes (an image at K samples is K)"
+    )
     max_wait_ms: float = Field(
         0.0,
         ge=0,
@@ -44,7 +58,12 @@ class Settings(BaseSettings):
         description="a batch predicted to take at most this long runs on the event loop when the server "
         "has no other request in flight (saves two thread hand-offs); 0: always on the inference thread",
     )
-    max_queue_images: int = Field(1024, ge=1, description="queued images per (model, operation) before 503")
+    max_queue_images: int = Field(
+        1024,
+        ge=1,
+        description="queued work per (model, operation) before 503, in image passes (an image scored at "
+        "K dequantisation samples counts K)",
+    )
     overload_status: Literal[429, 503] = Field(503, description="status of a request refused by a full queue")
     retry_after_s: int = Field(1, ge=0, description="Retry-After (seconds) of an overloaded answer")
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request, queueing included")

@@ -27,6 +27,21 @@ def test_gpu_check_script_parses_and_knows_its_flags():
     assert bad.returncode == 2
 
 
+def test_gpu_check_plan_fits_eight_minutes_with_a_budget_per_step():
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--plan"], capture_output=True, text=True, check=True
+    )
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("  ")]
+    budgets = {name: int(seconds.rstrip("s")) for name, seconds, *_ in rows}
+    total = budgets.pop("total")
+    assert {"build-cuda", "gpu-tests", "sanitizer-racecheck", "service-load"} <= set(budgets)
+    assert all(b > 0 for b in budgets.values()) and total == sum(budgets.values()) <= 480
+
+
+def test_gpu_wheels_script_parses():
+    subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu_wheels.sh")], check=True)
+
+
 def test_solve_benchmark_dry_run_writes_results(tmp_path):
     assert solve_gpu.main(["--dry-run", "--out", str(tmp_path)]) == 0
     (result,) = tmp_path.glob("solve_gpu_*.json")

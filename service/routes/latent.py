@@ -106,6 +106,7 @@ def _images_response(
     return json_response(
         cls(
             model=entry.model.name,
+            model_version=entry.version_label,
             num_images=images.shape[0],
             image_shape=list(entry.model.image_shape),
             format=fmt,
@@ -136,6 +137,7 @@ async def encode(
     return json_response(
         EncodeResponse(
             model=entry.model.name,
+            model_version=entry.version_label,
             num_images=len(body.images),
             format=body.format,
             dequantization=body.dequantization,

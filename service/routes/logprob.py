@@ -212,7 +212,12 @@ async def logprob(
         ImageScore(log_prob=_finite(lp), bits_per_dim=_finite(b))
         for lp, b in zip(scores.log_prob.tolist(), scores.bits_per_dim.tolist(), strict=True)
     ]
-    common = dict(model=entry.model.name, num_dims=entry.model.num_dims, dequantization_samples=samples)
+    common = dict(
+        model=entry.model.name,
+        model_version=entry.version_label,
+        num_dims=entry.model.num_dims,
+        dequantization_samples=samples,
+    )
     if bits is None:
         return json_response(LogProbResponse(**common, results=results, timings=timings(started, [result])))
     stats = entry.model.ood.require()

@@ -14,7 +14,12 @@ router = APIRouter(prefix="/models", tags=["models"])
 async def list_models(state: ReadyState) -> ModelList:
     registry = state.registry
     models = [
-        ModelInfo(**e.model.info(), ood=e.model.ood.info(), default=name == registry.default)
+        ModelInfo(
+            **e.model.info(),
+            ood=e.model.ood.info(),
+            versions=[v.info() for v in registry.versions(name)],
+            default=name == registry.default,
+        )
         for name, e in sorted(registry.entries.items())
     ]
     return ModelList(default=registry.default, models=models, unavailable=registry.unavailable)
@@ -23,4 +28,9 @@ async def list_models(state: ReadyState) -> ModelList:
 @router.get("/{name}", response_model=ModelInfo, responses=error_responses(401, 404, 422, 500, 503))
 async def get_model(name: str, state: ReadyState) -> ModelInfo:
     entry = state.registry.get(name)
-    return ModelInfo(**entry.model.info(), ood=entry.model.ood.info(), default=name == state.registry.default)
+    return ModelInfo(
+        **entry.model.info(),
+        ood=entry.model.ood.info(),
+        versions=[v.info() for v in state.registry.versions(name)],
+        default=name == state.registry.default,
+    )

@@ -62,6 +62,7 @@ async def sample(call: Annotated[SampleCall, Depends(sample_call)], request: Req
     return json_response(
         SampleResponse(
             model=entry.model.name,
+            model_version=entry.version_label,
             seed=seed,
             temperature=body.temperature,
             num_samples=body.num_samples,
