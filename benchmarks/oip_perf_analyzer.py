@@ -25,12 +25,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_name, print_table, write_results  # noqa: E402
-from benchmarks.load import start_server  # noqa: E402
+from benchmarks.common import cpu_name, print_table, write_results
+from benchmarks.load import start_server
 
 BINARY = ROOT / ".venv" / "perf_analyzer" / "perf_analyzer"
 # (protocol model suffix, batch size or samples per request, concurrency)
-CASES: list[tuple[str, int, int]] = [("", 1, 1), ("", 1, 8), ("", 16, 2), (".sample", 16, 1), (".sample", 1, 4)]
+CASES: list[tuple[str, int, int]] = [
+    ("", 1, 1),
+    ("", 1, 8),
+    ("", 16, 2),
+    (".sample", 16, 1),
+    (".sample", 1, 4),
+]
 
 
 def run_case(url: str, model: str, task_suffix: str, size: int, concurrency: int, window_ms: int) -> dict:

@@ -56,7 +56,14 @@ def test_ood_scores_are_the_statistics_applied_to_the_image(client, model, digit
     stats = read_ood_stats(MODELS / model)
     plain = client.post("/logprob", json={"model": model, "images": arrays(digits[:4])})
     assert plain.status_code == 200, plain.text
-    assert set(plain.json()) == {"model", "model_version", "num_dims", "dequantization_samples", "results", "timings"}
+    assert set(plain.json()) == {
+        "model",
+        "model_version",
+        "num_dims",
+        "dequantization_samples",
+        "results",
+        "timings",
+    }
     assert all(set(r) == {"log_prob", "bits_per_dim"} for r in plain.json()["results"])  # as without ood
     r = client.post("/logprob", json={"model": model, "images": arrays(digits[:4]), "ood": True})
     assert r.status_code == 200, r.text
