@@ -4,9 +4,12 @@
 
 Without `--url` it starts `python -m service` on a free port. It first measures the peak rate (closed
 loop, 16 clients), then sends open-loop Poisson traffic at `--overload`× that rate for `--minutes`:
-valid /sample and /logprob requests (JSON and multipart, 1-8 images) and ~10% bad ones. Checks:
+valid /sample and /logprob requests (JSON and multipart, 1-8 images) and ~10% bad ones. With `--hostile`,
+also ~3% of the bodies that once gave 500s or held the event loop (`benchmarks/hostile.py`: images and
+.npy headers declaring huge sizes, a 16 MB flat list, a million JSON keys) and ~2% heavy requests (32
+images scored at K = 64, refused early with 503 when the queue cannot take them). Checks:
 
-- no response outside 200 / 4xx / 503, and no bad request answered 200;
+- no response outside 200 / 4xx / 503 / 504, and no bad or hostile request answered 200;
 - every 200 answered in full (the right number of decodable images or scores);
 - server RSS growth < 5% from the end of warm-up (the first 20%) to the end;
 - ready again (a fresh /sample answered 200) within a second after the load stops.
@@ -36,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import print_table, write_results
+from benchmarks.hostile import worst_bodies
 from benchmarks.load import multipart_body, start_server
 from model.data import load_mnist
 from model.images import encode_png
@@ -64,13 +68,20 @@ BAD = [
 ]
 
 
+HEAVY_IMAGES = 32
+
+
 class Traffic:
     """Draws requests, bodies built here so that sending costs the client little: (kind, path, body,
     content type, how many images a 200 must carry)."""
 
-    def __init__(self, model: str, digits: list[bytes], seed: int = 0):
+    def __init__(self, model: str, digits: list[bytes], seed: int = 0, hostile: bool = False):
         self.model, self.digits, self.rng = model, digits, random.Random(seed)
         self.bad = [*BAD, ("/logprob", *multipart_body([b"not an image"], model))]
+        self.hostile = [(p, b, t) for label, p, b, t in worst_bodies() if not label.startswith("decode 256")]
+        self.hostile_share = 0.05 if hostile else 0.0
+        heavy = [base64.b64encode(d).decode() for d in digits[:HEAVY_IMAGES]]
+        self.heavy = json.dumps({"images": heavy, "dequantization_samples": 64}).encode()
 
     def next(self) -> tuple[str, str, bytes, str, int]:
         r, rng = self.rng.random(), self.rng
@@ -85,8 +96,13 @@ class Traffic:
         if r < 0.90:
             images = [base64.b64encode(d).decode() for d in picks]
             return "logprob_json", "/logprob", json.dumps({"images": images}).encode(), JSON, n
-        path, body, content_type = rng.choice(self.bad)
-        return "bad", path, body, content_type, 0
+        if r < 1.0 - self.hostile_share:
+            path, body, content_type = rng.choice(self.bad)
+            return "bad", path, body, content_type, 0
+        if r < 1.0 - 0.4 * self.hostile_share:
+            path, body, content_type = rng.choice(self.hostile)
+            return "hostile", path, body, content_type, 0
+        return "heavy", "/logprob", self.heavy, JSON, HEAVY_IMAGES
 
 
 def _complete(kind: str, body: dict[str, Any], n: int) -> bool:
@@ -114,7 +130,7 @@ async def _peak_rate(session: aiohttp.ClientSession, traffic: Traffic, seconds: 
         nonlocal done
         while time.perf_counter() < deadline:
             kind, path, body, content_type, _ = traffic.next()
-            if kind != "bad":
+            if kind not in ("bad", "hostile", "heavy"):
                 await _post(session, path, body, content_type)
                 done += 1
 
@@ -125,7 +141,7 @@ async def _peak_rate(session: aiohttp.ClientSession, traffic: Traffic, seconds: 
 
 async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict[str, Any]:
     digits = [encode_png(d) for d in load_mnist().test[:256]]
-    traffic = Traffic(args.model, digits)
+    traffic = Traffic(args.model, digits, hostile=args.hostile)
     # Idle connections expire before uvicorn's 5 s keep-alive timeout closes them: otherwise a request
     # sent on a connection the server is closing at that instant fails (a client/server race, not a bug).
     connector = aiohttp.TCPConnector(limit=args.max_in_flight, keepalive_timeout=2.0)
@@ -145,9 +161,9 @@ async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict[str,
                 status, answer = await _post(session, path, body, content_type)
                 latencies.append(time.perf_counter() - started)
                 statuses[f"{kind} {status}"] += 1
-                if not (status == 200 or 400 <= status < 500 or status == 503):
+                if not (status == 200 or 400 <= status < 500 or status in (503, 504)):
                     problems[f"status {status}"] += 1
-                elif kind == "bad" and status == 200:
+                elif kind in ("bad", "hostile") and status == 200:
                     problems["bad request accepted"] += 1
                 elif status == 200 and not _complete(kind, json.loads(answer), n):
                     problems["incomplete answer"] += 1
@@ -200,6 +216,7 @@ async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict[str,
         "client_capped": skipped,
         "accepted_200": accepted,
         "rejected_503": sum(v for k, v in statuses.items() if k.endswith(" 503")),
+        "timed_out_504": sum(v for k, v in statuses.items() if k.endswith(" 504")),
         "client_4xx": sum(v for k, v in statuses.items() if k.split()[-1].startswith("4")),
         "problems": dict(problems),
         "statuses": dict(sorted(statuses.items())),
@@ -211,7 +228,7 @@ async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict[str,
         "rss_growth_pct": growth,
         "ready_again_s": recovery_s,
         "checks": {
-            "only_200_4xx_503": not any(k.startswith("status") for k in problems),
+            "only_200_4xx_503_504": not any(k.startswith("status") for k in problems),
             "accepted_answered_in_full": problems["incomplete answer"] == 0
             and problems["bad request accepted"] == 0,
             "no_client_errors": not any(k.startswith("client error") for k in problems),
@@ -232,6 +249,7 @@ def main() -> None:
     p.add_argument("--models", default=str(ROOT / "checkpoints"))
     p.add_argument("--model", default="finc-mnist")
     p.add_argument("--pid", type=int, default=None, help="with --url: the server's pid, for its RSS")
+    p.add_argument("--hostile", action="store_true", help="add hostile bodies and heavy requests")
     p.add_argument("--tag", default="soak")
     p.add_argument("--note", default="", help="a remark stored with the results")
     args = p.parse_args()
