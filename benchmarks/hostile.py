@@ -14,6 +14,9 @@ Two parts, each with the server to itself:
    p99 and max latency, and the statuses the bodies got. Target: p99 ≤ 50 ms, no 5xx.
 2. **Heavy beside light**: two clients send 128-image `/logprob` requests at K = 64 back to back while a
    third sends 1-image K = 1 requests every 100 ms: the light requests' p50, p99 and statuses.
+3. **Slow clients**: a connection that sends nothing, a partial head, a body shorter than its
+   Content-Length, an unfinished chunked body, all at once: when the server closes each (its header and
+   body timeouts), up to `--slow-cap-s`.
 
 Writes benchmarks/results/hostile_<tag>.json.
 """
@@ -211,18 +214,62 @@ async def heavy_and_light_part(url: str, seconds: float) -> dict[str, Any]:
     }
 
 
+SLOW_CLIENTS = {  # pattern -> (what it sends, the server setting that should cut it off)
+    "nothing sent": (b"", "header_timeout_s"),
+    "partial head": (b"POST /sample HTTP/1.1\r\nHost: x\r\n", "header_timeout_s"),
+    "short Content-Length body": (
+        b"POST /sample HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"num',
+        "body_timeout_s",
+    ),
+    "unfinished chunked body": (
+        b"POST /sample HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"num\r\n',
+        "body_timeout_s",
+    ),
+}
+
+
+async def _held_open_s(url: str, payload: bytes, cap_s: float) -> tuple[float, str]:
+    """Seconds until the server closes a connection that sent `payload` and then nothing, and the status
+    line it answered with (or how long it stayed open, up to `cap_s`)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    started = time.perf_counter()
+    writer.write(payload)
+    await writer.drain()
+    try:
+        data = await asyncio.wait_for(reader.read(), cap_s)
+    except TimeoutError:
+        data = b"(still open)"
+    writer.close()
+    return time.perf_counter() - started, data.split(b"\r\n", 1)[0].decode(errors="replace")
+
+
+async def slow_clients_part(url: str, cap_s: float) -> list[dict[str, Any]]:
+    """Every slow pattern at once, each on its own connection: when the server cuts it off."""
+    names = list(SLOW_CLIENTS)
+    held = await asyncio.gather(*(_held_open_s(url, SLOW_CLIENTS[n][0], cap_s) for n in names))
+    return [
+        {"pattern": n, "cut by": SLOW_CLIENTS[n][1], "closed_after_s": round(t, 2), "answer": line}
+        for n, (t, line) in zip(names, held, strict=True)
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server-root", default=None, help="checkout to start the server from")
     parser.add_argument("--seconds", type=float, default=20.0, help="per part")
     parser.add_argument("--tag", default="latest")
     parser.add_argument("--server-args", default="", help="extra server options, as one string")
+    parser.add_argument("--slow-cap-s", type=float, default=45.0, help="slow clients: give up after this")
     args = parser.parse_args()
     server_args = ["--torch-threads", "1", *shlex.split(args.server_args)]
     server, url = start_server(str(ROOT / "checkpoints"), server_args, args.server_root)
     try:
         worst = asyncio.run(worst_bodies_part(url, args.seconds))
         heavy = asyncio.run(heavy_and_light_part(url, args.seconds))
+        slow = asyncio.run(slow_clients_part(url, args.slow_cap_s))
     finally:
         server.terminate()
         server.wait(60)
@@ -236,6 +283,7 @@ def main() -> int:
     print_table(rows, ["part", "n", "p50_ms", "p99_ms", "max_ms"])
     print("worst bodies answered:", json.dumps(worst["statuses"]))
     print("light:", heavy["light"]["statuses"], "heavy:", heavy["heavy_statuses"])
+    print_table(slow, ["pattern", "cut by", "closed_after_s", "answer"])
     path = write_results(
         f"hostile_{args.tag}",
         rows,
@@ -245,6 +293,7 @@ def main() -> int:
         worst_body_statuses=worst["statuses"],
         light_statuses=heavy["light"]["statuses"],
         heavy_statuses=heavy["heavy_statuses"],
+        slow_clients=slow,
     )
     print("wrote", path)
     return 0
