@@ -88,6 +88,18 @@ def _ood_section(checkpoint: Path) -> list[str]:
     return [*lines, ""]
 
 
+def _iw_row(training: dict[str, Any]) -> list[str]:
+    """The importance-weighted bound, when `model.evaluate --iw-images N --write-config` measured it."""
+    iw = training.get("importance_weighted_bound")
+    if not iw:
+        return []
+    return [
+        f"| importance-weighted bound | **{iw['bits_per_dim']:.3f}** with K = {iw['samples']} on the first "
+        f"{iw['test_images']:,} test images (uniform bound on the same images: "
+        f"{iw['uniform_bits_per_dim_same_images']:.3f}; `dequantization_samples` of `/logprob`) |"
+    ]
+
+
 def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
     """The Markdown model card of `checkpoint`."""
     config = read_config(checkpoint)
@@ -119,6 +131,7 @@ def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
         "dequantisation (the bound papers report) |"
         if bpd is not None
         else "| test bits/dim | not measured |",
+        *_iw_row(training),
     ]
     if speed:
         lines.append(

