@@ -21,7 +21,6 @@ from model.ood import DEFAULT_FPR, OodStats, complexity_score
 
 from ..bodies import off_loop
 from ..errors import InvalidInferenceRequest, UnknownModel, UnsupportedMediaType
-from ..limits import Limits
 from ..oip import HEADER_LENGTH, InferRequest, TensorSpec, encode_response, parse_request
 from ..oip_models import (
     OOD_OUTPUTS,
@@ -92,35 +91,19 @@ async def ready(state: State) -> JSONResponse:
 
 
 # -- models ---------------------------------------------------------------------------------------------
-async def _metadata(state: AppState, limits: Limits, name: str, version: str | None) -> dict:
+@router.get("/models/{name}")
+@router.get("/models/{name}/versions/{version}")
+async def metadata(name: str, state: ReadyState, limits: RequestLimits, version: str | None = None) -> dict:
     protocol, entry = _lookup(state, name, version)
     return model_metadata(protocol, entry.model, limits)
 
 
-@router.get("/models/{name}")
-async def metadata(name: str, state: ReadyState, limits: RequestLimits) -> dict:
-    return await _metadata(state, limits, name, None)
-
-
-@router.get("/models/{name}/versions/{version}")
-async def version_metadata(name: str, version: str, state: ReadyState, limits: RequestLimits) -> dict:
-    return await _metadata(state, limits, name, version)
-
-
-async def _config(state: AppState, limits: Limits, name: str, version: str | None) -> dict:
+@router.get("/models/{name}/config")
+@router.get("/models/{name}/versions/{version}/config")
+async def config(name: str, state: ReadyState, limits: RequestLimits, version: str | None = None) -> dict:
+    """Triton's model configuration (the model configuration extension), read by perf_analyzer."""
     protocol, entry = _lookup(state, name, version)
     return model_config(protocol, entry.model, limits)
-
-
-@router.get("/models/{name}/config")
-async def config(name: str, state: ReadyState, limits: RequestLimits) -> dict:
-    """Triton's model configuration (the model configuration extension), read by perf_analyzer."""
-    return await _config(state, limits, name, None)
-
-
-@router.get("/models/{name}/versions/{version}/config")
-async def version_config(name: str, version: str, state: ReadyState, limits: RequestLimits) -> dict:
-    return await _config(state, limits, name, version)
 
 
 def _model_ready(state: AppState, name: str, version: str | None) -> JSONResponse:
@@ -140,12 +123,8 @@ def _model_ready(state: AppState, name: str, version: str | None) -> JSONRespons
 
 
 @router.get("/models/{name}/ready")
-async def model_ready(name: str, state: State) -> JSONResponse:
-    return _model_ready(state, name, None)
-
-
 @router.get("/models/{name}/versions/{version}/ready")
-async def version_ready(name: str, version: str, state: State) -> JSONResponse:
+async def model_ready(name: str, state: State, version: str | None = None) -> JSONResponse:
     return _model_ready(state, name, version)
 
 
@@ -250,10 +229,6 @@ async def _infer(request: Request, state: AppState, name: str, version: str | No
 
 
 @router.post("/models/{name}/infer")
-async def infer(name: str, request: Request, state: ReadyState) -> Response:
-    return await _infer(request, state, name, None)
-
-
 @router.post("/models/{name}/versions/{version}/infer")
-async def version_infer(name: str, version: str, request: Request, state: ReadyState) -> Response:
+async def infer(name: str, request: Request, state: ReadyState, version: str | None = None) -> Response:
     return await _infer(request, state, name, version)
