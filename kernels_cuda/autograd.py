@@ -20,14 +20,25 @@ def _mask_centre(grad_w: torch.Tensor, groups: int) -> torch.Tensor:
     return grad_w
 
 
+def _save(ctx: Any, out: torch.Tensor, weight: torch.Tensor, groups: int, backend: str | None) -> None:
+    ctx.save_for_backward(out, weight)
+    ctx.groups, ctx.backend = groups, backend
+
+
+def _weight_grad(ctx: Any, padded: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor):
+    """`-conv2d_weight(pad_TL(padded), grad)` with the unread centre taps masked, if W needs a gradient."""
+    if not ctx.needs_input_grad[1]:
+        return None
+    return _mask_centre(-tl_conv2d_weight_grad(padded, grad, weight.shape, ctx.groups), ctx.groups)
+
+
 class SolveFunction(torch.autograd.Function):
     """`x = A(W)⁻¹ y`; backward: `g_y = A⁻ᵀ g_x`, `g_W = -conv2d_weight(pad_TL(x), g_y)`."""
 
     @staticmethod
     def forward(ctx: Any, y: torch.Tensor, weight: torch.Tensor, groups: int, backend: str | None):
         x = select(y, backend).tl_conv2d_solve(y, weight, groups)
-        ctx.save_for_backward(x, weight)
-        ctx.groups, ctx.backend = groups, backend
+        _save(ctx, x, weight, groups, backend)
         return x
 
     @staticmethod
@@ -36,11 +47,7 @@ class SolveFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         ops = select(grad_x, ctx.backend)
         grad_y = ops.tl_conv2d_solve_transposed(grad_x.contiguous(), weight, ctx.groups)
-        grad_w = None
-        if ctx.needs_input_grad[1]:
-            grad_w = -tl_conv2d_weight_grad(x, grad_y, weight.shape, ctx.groups)
-            grad_w = _mask_centre(grad_w, ctx.groups)
-        return grad_y, grad_w, None, None
+        return grad_y, _weight_grad(ctx, x, grad_y, weight), None, None
 
 
 class SolveTransposedFunction(torch.autograd.Function):
@@ -49,8 +56,7 @@ class SolveTransposedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, g: torch.Tensor, weight: torch.Tensor, groups: int, backend: str | None):
         u = select(g, backend).tl_conv2d_solve_transposed(g, weight, groups)
-        ctx.save_for_backward(u, weight)
-        ctx.groups, ctx.backend = groups, backend
+        _save(ctx, u, weight, groups, backend)
         return u
 
     @staticmethod
@@ -58,8 +64,4 @@ class SolveTransposedFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_u: torch.Tensor):
         u, weight = ctx.saved_tensors
         grad_g = select(grad_u, ctx.backend).tl_conv2d_solve(grad_u.contiguous(), weight, ctx.groups)
-        grad_w = None
-        if ctx.needs_input_grad[1]:
-            grad_w = -tl_conv2d_weight_grad(grad_g, u, weight.shape, ctx.groups)
-            grad_w = _mask_centre(grad_w, ctx.groups)
-        return grad_g, grad_w, None, None
+        return grad_g, _weight_grad(ctx, grad_g, u, weight), None, None

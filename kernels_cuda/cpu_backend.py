@@ -15,7 +15,7 @@ import os
 import torch
 
 from .build import build_cpu_solve
-from .folding import prepare
+from .folding import prepare, solve_pair
 from .loader import CompiledBackend
 
 __all__ = ["backend", "lanes", "solve", "solve_threads", "tl_conv2d_solve", "tl_conv2d_solve_transposed"]
@@ -56,19 +56,8 @@ def solve(
         raise ValueError(f"backend 'cpu' runs on CPU tensors, got {rhs.device}")
     lib = backend.library()
     p = prepare(rhs, weight, groups, transposed)
-    out = torch.empty_like(p.rhs)
     fn = lib.flows_cpu_solve_f32 if p.rhs.dtype == torch.float32 else lib.flows_cpu_solve_f64
-    code = fn(p.rhs.data_ptr(), p.folded.data_ptr(), out.data_ptr(), *p.args(), threads or solve_threads())
-    if code != 0:
-        raise ValueError(f"the CPU solve refused the sizes {tuple(rhs.shape)}, k={p.k}, groups={groups}")
-    return out if out.dtype == rhs.dtype else out.to(rhs.dtype)
+    return p.run(fn, "the CPU solve", rhs.dtype, threads or solve_threads())
 
 
-def tl_conv2d_solve(y: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """`A⁻¹ y` by the native CPU solve."""
-    return solve(y, weight, groups, transposed=False)
-
-
-def tl_conv2d_solve_transposed(g: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """`A⁻ᵀ g` by the native CPU solve (the flipped frame, the transposed fold)."""
-    return solve(g, weight, groups, transposed=True)
+tl_conv2d_solve, tl_conv2d_solve_transposed = solve_pair(solve, "the native CPU solve")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "fold_for_kernel",
     "folded_weights",
     "prepare",
+    "solve_pair",
 ]
 
 MAX_INDEX = 2**31 - 1  # the kernels index a block's plane and the grid with 32-bit ints
@@ -125,6 +127,35 @@ class Problem:
 
     def args(self) -> tuple[int, ...]:
         return (self.batch, self.groups, self.cg, self.h, self.w, self.k, self.reverse)
+
+    def run(self, fn: Callable[..., int], what: str, dtype: torch.dtype, *extra: int) -> torch.Tensor:
+        """Call a compiled solve `fn(rhs, folded, out, sizes..., *extra)` and return `out` in `dtype`; a
+        non-zero code is a ValueError naming `what` refused which sizes."""
+        out = torch.empty_like(self.rhs)
+        code = fn(self.rhs.data_ptr(), self.folded.data_ptr(), out.data_ptr(), *self.args(), *extra)
+        if code != 0:
+            raise ValueError(
+                f"{what} refused the sizes {tuple(self.rhs.shape)}, k={self.k}, groups={self.groups}"
+            )
+        return out if out.dtype == dtype else out.to(dtype)
+
+
+SolvePair = tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]
+
+
+def solve_pair(solve: Callable[..., torch.Tensor], by: str) -> SolvePair:
+    """A backend's `tl_conv2d_solve` and `tl_conv2d_solve_transposed` from its `solve(rhs, weight, groups,
+    transposed)`, `by` saying what computes them (in their docstrings)."""
+
+    def tl_conv2d_solve(y: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        return solve(y, weight, groups, transposed=False)
+
+    def tl_conv2d_solve_transposed(g: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        return solve(g, weight, groups, transposed=True)
+
+    tl_conv2d_solve.__doc__ = f"`A⁻¹ y` by {by}."
+    tl_conv2d_solve_transposed.__doc__ = f"`A⁻ᵀ g` by {by} (the flipped frame, the transposed fold)."
+    return tl_conv2d_solve, tl_conv2d_solve_transposed
 
 
 def prepare(rhs: torch.Tensor, weight: torch.Tensor, groups: int, transposed: bool) -> Problem:

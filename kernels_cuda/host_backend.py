@@ -19,7 +19,7 @@ import os
 import torch
 
 from .build import build_host_driver
-from .folding import prepare
+from .folding import prepare, solve_pair
 from .loader import CompiledBackend
 
 __all__ = ["DEFAULT_FAST_LIMIT", "backend", "solve", "tl_conv2d_solve", "tl_conv2d_solve_transposed"]
@@ -55,20 +55,9 @@ def solve(
     p = prepare(rhs, weight, groups, transposed)
     if fast_limit is None:
         fast_limit = int(os.environ.get("FLOWS_HOST_FAST_LIMIT", DEFAULT_FAST_LIMIT))
-    out = torch.empty_like(p.rhs)
     fn = lib.flows_host_solve_f32 if p.rhs.dtype == torch.float32 else lib.flows_host_solve_f64
     seed = next(_calls) if seed is None else seed
-    code = fn(p.rhs.data_ptr(), p.folded.data_ptr(), out.data_ptr(), *p.args(), fast_limit, seed, threads, 1)
-    if code != 0:
-        raise ValueError(f"the host driver refused the sizes {tuple(rhs.shape)}, k={p.k}, groups={groups}")
-    return out if out.dtype == rhs.dtype else out.to(rhs.dtype)
+    return p.run(fn, "the host driver", rhs.dtype, fast_limit, seed, threads, 1)
 
 
-def tl_conv2d_solve(y: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """`A⁻¹ y` by the kernel's item functions on the CPU."""
-    return solve(y, weight, groups, transposed=False)
-
-
-def tl_conv2d_solve_transposed(g: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """`A⁻ᵀ g` by the kernel's item functions on the CPU (reverse mode)."""
-    return solve(g, weight, groups, transposed=True)
+tl_conv2d_solve, tl_conv2d_solve_transposed = solve_pair(solve, "the kernel's item functions on the CPU")

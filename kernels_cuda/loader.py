@@ -78,15 +78,10 @@ class CompiledBackend:
     """A solve backend whose ops live in a compiled library: the availability questions every such
     backend answers, over one `LibraryLoader`."""
 
-    def __init__(
-        self,
-        name: str,
-        build: Callable[[], Path],
-        bind: Callable[[ctypes.CDLL], None],
-        precondition: Callable[[], str | None] = lambda: None,
-    ):
-        self.name = name
-        self.loader = LibraryLoader(name, build, bind, precondition)
+    def __init__(self, *args, **kwargs):
+        """`LibraryLoader`'s arguments: the name, build, bind and precondition of the library."""
+        self.loader = LibraryLoader(*args, **kwargs)
+        self.name = self.loader.name
 
     def available(self) -> bool:
         """True when the library is loaded (the first call builds or finds it)."""

@@ -18,19 +18,10 @@ pytestmark = pytest.mark.skipif(find_cxx() is None, reason="no C++ compiler")
 # threads), one image at a time (B <= 8, Cg >= 8), tiled staging (Cg >= 12), specialised Cg with k = 3 and
 # the generic path (Cg 5, 7, 20, k 2, 4, 5), non-square images narrower and wider than a lane chunk.
 CASES = [
-    (1, 8, 1, 3, 6, 5),
-    (3, 16, 1, 3, 9, 17),
-    (2, 48, 1, 3, 4, 5),
-    (1, 5, 1, 4, 7, 3),
-    (20, 4, 1, 3, 5, 6),
-    (20, 8, 4, 3, 7, 4),
-    (12, 16, 1, 3, 6, 19),
-    (17, 12, 2, 3, 5, 5),
-    (33, 7, 1, 2, 3, 4),
-    (16, 20, 1, 5, 4, 6),
-    (40, 2, 2, 3, 8, 8),
-    (5, 24, 1, 3, 3, 18),
-]
+    (1, 8, 1, 3, 6, 5), (3, 16, 1, 3, 9, 17), (2, 48, 1, 3, 4, 5), (1, 5, 1, 4, 7, 3),
+    (20, 4, 1, 3, 5, 6), (20, 8, 4, 3, 7, 4), (12, 16, 1, 3, 6, 19), (17, 12, 2, 3, 5, 5),
+    (33, 7, 1, 2, 3, 4), (16, 20, 1, 5, 4, 6), (40, 2, 2, 3, 8, 8), (5, 24, 1, 3, 3, 18),
+]  # fmt: skip
 
 
 def _problem(b, c, groups, k, h, w, dtype, seed=0):

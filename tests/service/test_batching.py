@@ -298,17 +298,17 @@ def test_chunks_cost_at_most_a_batch_and_keep_the_rows_in_order():
     assert chunk_sizes([], 8) == []
 
 
+def _weighted_batcher(run: Recorder, max_queue_images: int) -> Batcher:
+    """A batcher of 8 units per batch over an operation whose rows cost their value."""
+    return Batcher(
+        "m", Weighted(run), InferenceThread(), Metrics(), max_batch_images=8, max_wait_s=0,
+        max_queue_images=max_queue_images,
+    )  # fmt: skip
+
+
 async def test_the_queue_and_the_deadline_count_the_work_not_the_images():
     run = Recorder(delay=0.05)
-    batcher = Batcher(
-        "m",
-        Weighted(run),
-        InferenceThread(),
-        Metrics(),
-        max_batch_images=8,
-        max_wait_s=0,
-        max_queue_images=16,
-    )
+    batcher = _weighted_batcher(run, max_queue_images=16)
     batcher.start()
     heavy = torch.full((3,), 8.0)  # 3 images, 24 units: more than the queue holds
     with pytest.raises(Overloaded, match="this request 24"):
@@ -321,15 +321,7 @@ async def test_the_queue_and_the_deadline_count_the_work_not_the_images():
 async def test_light_requests_interleave_with_a_heavy_one_instead_of_waiting_for_it():
     """A heavy request (10 chunks) queued first: requests sent after it finish long before it does."""
     run = Recorder(delay=0.02)
-    batcher = Batcher(
-        "m",
-        Weighted(run),
-        InferenceThread(),
-        Metrics(),
-        max_batch_images=8,
-        max_wait_s=0,
-        max_queue_images=512,
-    )
+    batcher = _weighted_batcher(run, max_queue_images=512)
     batcher.start()
     finished: dict[str, float] = {}
     loop = asyncio.get_running_loop()
