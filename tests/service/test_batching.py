@@ -111,12 +111,18 @@ async def test_a_full_queue_rejects_the_whole_request_fast():
     await batcher.close()
 
 
-async def test_expired_requests_are_dropped_before_compute():
-    run = Recorder(delay=0.3)
+async def _busy(delay: float) -> tuple[Recorder, Batcher, asyncio.Future]:
+    """A one-image-per-batch batcher already running a request that takes `delay`."""
+    run = Recorder(delay=delay)
     batcher = make(run, max_batch_images=1, max_wait_s=0)
     batcher.start()
-    slow = asyncio.ensure_future(batcher.submit(rows(0, 1), 5.0))
+    running = asyncio.ensure_future(batcher.submit(rows(0, 1), 5.0))
     await asyncio.sleep(0.05)
+    return run, batcher, running
+
+
+async def test_expired_requests_are_dropped_before_compute():
+    run, batcher, slow = await _busy(0.3)
     with pytest.raises(DeadlineExceeded):
         await batcher.submit(rows(100, 1), 0.1)
     await slow
@@ -125,11 +131,7 @@ async def test_expired_requests_are_dropped_before_compute():
 
 
 async def test_cancelled_requests_never_reach_the_model():
-    run = Recorder(delay=0.2)
-    batcher = make(run, max_batch_images=1, max_wait_s=0)
-    batcher.start()
-    busy = asyncio.ensure_future(batcher.submit(rows(0, 1), 5.0))
-    await asyncio.sleep(0.05)
+    run, batcher, busy = await _busy(0.2)
     gone = asyncio.ensure_future(batcher.submit(rows(50, 1), 5.0))
     await asyncio.sleep(0.01)
     gone.cancel()
