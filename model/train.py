@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10, help="epochs in all (a continued run counts its own)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine", help="after warm-up")
     p.add_argument("--min-lr-ratio", type=float, default=0.02, help="cosine decays to lr × this at the end")
     p.add_argument(
