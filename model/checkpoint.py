@@ -8,6 +8,7 @@ atomically (model/train.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,11 +21,30 @@ from safetensors.torch import load_file, save_file
 from .config import FlowConfig
 from .flow import MultiScaleFlow
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "load_flow", "read_config", "save_flow"]
+__all__ = ["FORMAT_VERSION", "CheckpointError", "load_flow", "read_config", "save_flow", "weights_digest"]
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def weights_digest(checkpoint: str | Path) -> str:
+    """SHA-256 of the checkpoint's `model.safetensors`, what ties ONNX graphs, out-of-distribution statistics
+    and served versions to the weights; read once per (path, size, modification time). OSError when the
+    file cannot be read."""
+    path = Path(checkpoint) / WEIGHTS_FILE
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 class CheckpointError(ValueError):

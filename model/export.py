@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from .architectures import get_architecture
-from .checkpoint import WEIGHTS_FILE, load_flow, read_config
+from .checkpoint import load_flow, read_config, weights_digest
 from .flow import MultiScaleFlow
 from .layers import dequantize
 
@@ -75,11 +74,6 @@ class SamplePass(nn.Module):
 
     def forward(self, temperature: torch.Tensor, *latents: torch.Tensor) -> torch.Tensor:
         return self.flow.decode([z * temperature for z in latents])
-
-
-def weights_digest(checkpoint: Path) -> str:
-    """SHA-256 of `model.safetensors`: ties exported graphs to the weights they were made from."""
-    return hashlib.sha256((Path(checkpoint) / WEIGHTS_FILE).read_bytes()).hexdigest()
 
 
 def _export(module: nn.Module, args: tuple, names: list[str], output: str, path: Path) -> None:

@@ -11,7 +11,6 @@ estimate with bootstrap thresholds of the typicality test at the batch sizes `BA
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import WEIGHTS_FILE, load_flow, read_config
+from .checkpoint import load_flow, read_config, weights_digest
 from .complexity import CODECS, COMPRESSOR, codec_version, compressed_bits
 from .scoring import LogDensity, log_prob, torch_log_density
 
@@ -66,15 +65,6 @@ class OodStatsError(ValueError):
 def stats_command(checkpoint: Path) -> str:
     """The command that writes `checkpoint`'s statistics."""
     return f"flowserve ood {checkpoint.as_posix()}"
-
-
-def weights_digest(checkpoint: Path) -> str:
-    """SHA-256 of the checkpoint's weights file: ties a statistics file to the weights it describes."""
-    digest = hashlib.sha256()
-    with open(checkpoint / WEIGHTS_FILE, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def complexity_score(log_prob_nats: np.ndarray, complexity_bits: np.ndarray) -> np.ndarray:

@@ -9,17 +9,15 @@ The latest version is the highest number. Nothing here loads a model.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, weights_digest
 
 __all__ = ["ModelVersion", "fingerprint", "model_names", "scan", "scan_model", "weights_sha256"]
 
 _VERSION = re.compile(r"[1-9][0-9]{0,8}")  # Triton's numeric version folders, without leading zeros
-_SHA_CACHE: dict[tuple, str] = {}
 
 
 @dataclass(frozen=True, order=True)
@@ -79,15 +77,9 @@ def fingerprint(path: Path) -> tuple:
 
 
 def weights_sha256(path: Path) -> str | None:
-    """SHA-256 of a checkpoint's `model.safetensors` (None when it has none), read once per fingerprint."""
-    key = fingerprint(path)
-    if key not in _SHA_CACHE:
-        try:
-            digest = hashlib.sha256()
-            with open(path / WEIGHTS_FILE, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError:
-            return None
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]
+    """SHA-256 of a checkpoint's `model.safetensors` (`model.checkpoint.weights_digest`), None when it has
+    none or it cannot be read."""
+    try:
+        return weights_digest(path)
+    except OSError:
+        return None
