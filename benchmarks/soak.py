@@ -78,10 +78,12 @@ class Traffic:
     def __init__(self, model: str, digits: list[bytes], seed: int = 0, hostile: bool = False):
         self.model, self.digits, self.rng = model, digits, random.Random(seed)
         self.bad = [*BAD, ("/logprob", *multipart_body([b"not an image"], model))]
-        self.hostile = [(p, b, t) for label, p, b, t in worst_bodies() if not label.startswith("decode 256")]
         self.hostile_share = 0.05 if hostile else 0.0
-        heavy = [base64.b64encode(d).decode() for d in digits[:HEAVY_IMAGES]]
-        self.heavy = json.dumps({"images": heavy, "dequantization_samples": 64}).encode()
+        if hostile:  # ~26 MB of bodies: built only when sent
+            bodies = worst_bodies()
+            self.hostile = [(p, b, t) for label, p, b, t in bodies if not label.startswith("decode 256")]
+            heavy = [base64.b64encode(d).decode() for d in digits[:HEAVY_IMAGES]]
+            self.heavy = json.dumps({"images": heavy, "dequantization_samples": 64}).encode()
 
     def next(self) -> tuple[str, str, bytes, str, int]:
         r, rng = self.rng.random(), self.rng
