@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,10 +61,11 @@ class ServedModel:
     onnx: dict[str, OnnxPass] = field(default_factory=dict)
     use_onnx: dict[str, bool] = field(default_factory=dict)
     sample_dtype: torch.dtype | None = None  # bfloat16: sampling's coupling networks under autocast
-    exact: MultiScaleFlow | None = None  # a float64 copy, for the images float32 cannot hold (below)
+    exact: MultiScaleFlow | None = None  # a float64 copy, made when an image first needs it (below)
     ood: OodReference = field(default_factory=OodReference)  # out-of-distribution statistics (service/ood.py)
     version: int = 1
     weights_sha256: str = ""
+    _exact_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def load(
@@ -106,7 +108,6 @@ class ServedModel:
             )
         if sample_dtype is not None:
             onnx.pop("sample", None)
-        exact = copy.deepcopy(flow).freeze(False).double().freeze()
         config = read_config(path)
         model = cls(
             name or path.name,
@@ -117,7 +118,6 @@ class ServedModel:
             backend,
             onnx,
             sample_dtype=sample_dtype,
-            exact=exact,
             version=version,
             weights_sha256=weights_digest(path),
         )
@@ -153,7 +153,13 @@ class ServedModel:
     # Every pass runs in float32. Where an image's numbers leave float32's range (a saturated image under a
     # split prior that extrapolates to σ ≈ 1e-55: latents of 1e55, log p of -1e110; docs/math.md), those
     # images are computed again in float64 by `exact`, so that every number returned is finite where the
-    # model's own is.
+    # model's own is. The float64 copy is made the first time an image needs it: most versions never do.
+    def _float64(self) -> MultiScaleFlow:
+        with self._exact_lock, torch.inference_mode(False):
+            if self.exact is None:
+                self.exact = copy.deepcopy(self.flow).freeze(False).double().freeze()
+        return self.exact
+
     def decode(self, latents: Sequence[torch.Tensor]) -> torch.Tensor:
         """Latents (one tensor per level, temperature applied) → `uint8` images on the CPU; rows with
         latents beyond float32's range decode in float64."""
@@ -164,7 +170,7 @@ class ServedModel:
         small = ~big
         if bool(small.any()):
             images[small] = self._decoder()([z[small] for z in latents])
-        images[big] = torch_decoder(self.exact)([z[big].double() for z in latents])
+        images[big] = torch_decoder(self._float64())([z[big].double() for z in latents])
         return images
 
     def logprob(self, images: torch.Tensor, samples: int | torch.Tensor = 1) -> torch.Tensor:
@@ -175,7 +181,7 @@ class ServedModel:
         bad = ~torch.isfinite(scores)
         if bool(bad.any()):
             k = samples if isinstance(samples, int) else samples[bad]
-            scores[bad] = log_prob(torch_log_density(self.exact), images[bad], k)
+            scores[bad] = log_prob(torch_log_density(self._float64()), images[bad], k)
         return scores
 
     def encode(self, images: torch.Tensor, hashed: torch.Tensor | None = None) -> Encoding:
@@ -185,7 +191,7 @@ class ServedModel:
         bad = ~(torch.isfinite(encoding.log_prob) & _finite_rows(encoding.latents))
         if not bool(bad.any()):
             return encoding
-        again = encode(self.exact, images[bad], None if hashed is None else hashed[bad], torch.float64)
+        again = encode(self._float64(), images[bad], None if hashed is None else hashed[bad], torch.float64)
         latents = [z.double() for z in encoding.latents]
         for z, exact in zip(latents, again.latents, strict=True):
             z[bad] = exact
