@@ -4,6 +4,8 @@
 # per-epoch grids (the repo stays small).
 #   bash scripts/ship_checkpoint.sh runs/finc-mnist checkpoints/finc-mnist [--no-onnx] [model.card options]
 # --no-onnx: a snapshot to continue from (training/), not served: no ONNX graphs, no ood_stats.json.
+# A folder stays within MAX_FOLDER_MIB (default 10): graphs that would take it over are left out, and the
+# service exports them at start-up into its ONNX cache (--onnx-cache) instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:?training run folder}; dest=${2:?checkpoint folder to write}; shift 2
@@ -35,6 +37,13 @@ if [ "$onnx" = 1 ]; then
   log=$(mktemp)
   "$PY" -m model.export "$dest" >"$log" 2>&1 || { cat "$log"; exit 1; }
   rm -f "$log"
+  limit=$(( ${MAX_FOLDER_MIB:-10} * 1048576 ))
+  size=$(du -sb "$dest" | cut -f1)
+  if [ "$size" -gt "$limit" ]; then
+    rm -rf "$dest/onnx"
+    echo "note: with its ONNX graphs $dest is $(( size / 1048576 )) MiB, over ${MAX_FOLDER_MIB:-10} MiB:" \
+      "graphs left out (exported at start-up into the service's ONNX cache)" >&2
+  fi
   # the reference statistics of these weights; a run on a dataset given by path needs --dataset PATH
   "$PY" -m model.ood "$dest" --threads "${OOD_THREADS:-1}" \
     || echo "warning: $dest has no ood_stats.json (ood: true answers 422): run python -m model.ood $dest --dataset DATA" >&2

@@ -77,12 +77,14 @@ class ServedModel:
         precision: str = "float32",
         name: str | None = None,
         version: int = 1,
+        onnx_cache: Path | None = None,
     ) -> ServedModel:
         """The checkpoint at `path`, frozen for inference, its coupling networks channels-last (oneDNN's
         and cuDNN's fast layout; the same float32 results up to rounding), with the ONNX passes `backend`
         asks for. `precision` bf16 samples with bfloat16 coupling networks on torch, where the hardware
         computes bfloat16 natively (so that pass never goes to onnxruntime's float32 graph). It is served
-        as `name` (default: the folder's name) at `version`."""
+        as `name` (default: the folder's name) at `version`. A folder that ships no ONNX graphs gets them
+        exported into `onnx_cache` (None: it is served on torch)."""
         flow = subnets_channels_last(load_flow(path, device=device).freeze())
         sample_dtype = None
         if precision == "bf16":
@@ -94,10 +96,10 @@ class ServedModel:
                 )
         onnx: dict[str, OnnxPass] = {}
         if backend == "onnx":
-            onnx = load_onnx_passes(path, device, threads)
+            onnx = load_onnx_passes(path, device, threads, onnx_cache)
         elif backend == "auto":
             try:
-                onnx = load_onnx_passes(path, device, threads)
+                onnx = load_onnx_passes(path, device, threads, onnx_cache)
             except (ImportError, RuntimeError) as exc:
                 log.warning("%s: ONNX graphs not used, serving on torch: %s", path.name, exc)
         if backend == "onnx" and not onnx:

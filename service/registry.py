@@ -200,6 +200,7 @@ class ModelRegistry:
             settings.precision,
             name=source.name,
             version=source.version,
+            onnx_cache=settings.onnx_cache if settings.onnx_export else None,
         )
         if warm:
             model.warm_up(warmup_sizes(settings))

@@ -1,5 +1,11 @@
+import os
+from pathlib import Path
+
 import pytest
 import torch
+
+# Start-up exports of ONNX graphs (service/onnx_backend.py) go to a cache inside the checkout, not ~/.cache.
+os.environ.setdefault("FLOWS_ONNX_CACHE", str(Path(__file__).resolve().parents[1] / ".cache" / "onnx"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,7 +13,7 @@ from model import FlowConfig, build_flow, save_flow
 from model.architectures import ARCHITECTURES
 from model.export import _check_score, export_checkpoint, weights_digest
 from model.layers import dequantize
-from service.onnx_backend import load_onnx_passes
+from service.onnx_backend import graphs_folder, load_onnx_passes
 
 from .helpers import randomise_parameters
 
@@ -79,6 +79,49 @@ def test_a_checkpoint_without_graphs_has_no_onnx_passes(tmp_path):
     assert load_onnx_passes(tmp_path / "m", torch.device("cpu")) == {}
 
 
+@pytest.mark.slow
+def test_a_checkpoint_without_graphs_gets_them_exported_into_the_cache_once(tmp_path, monkeypatch):
+    flow = tiny_checkpoint("glow", tmp_path / "m")
+    cache = tmp_path / "cache"
+    passes = load_onnx_passes(tmp_path / "m", torch.device("cpu"), cache=cache)
+    assert set(passes) == {"score", "sample"}
+    (folder,) = cache.iterdir()  # no temporary folder left beside it
+    assert folder.name == f"m-{weights_digest(tmp_path / 'm')[:16]}"
+    assert not (tmp_path / "m" / "onnx").exists()  # the model folder is left as it was
+    images = torch.randint(0, 256, (3, 1, 8, 8), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        want = flow.freeze().log_prob(images).numpy()
+    got = passes["score"].run({"images": dequantize(images.float(), "hashed").numpy()})
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+    def no_second_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr("service.onnx_backend.subprocess.run", no_second_export)
+    assert set(load_onnx_passes(tmp_path / "m", torch.device("cpu"), cache=cache)) == {"score", "sample"}
+    tiny_checkpoint("glow", tmp_path / "m")  # new weights: a new export, under a new digest
+    with pytest.raises(AssertionError, match="exported again"):
+        load_onnx_passes(tmp_path / "m", torch.device("cpu"), cache=cache)
+
+
+def test_shipped_graphs_win_over_the_cache(tmp_path):
+    tiny_checkpoint("glow", tmp_path / "m")
+    (tmp_path / "m" / "onnx").mkdir()
+    (tmp_path / "m" / "onnx" / "manifest.json").write_text("{}")
+    assert graphs_folder(tmp_path / "m", tmp_path / "cache") == tmp_path / "m" / "onnx"
+    assert graphs_folder(tmp_path / "none", tmp_path / "cache") is None  # no checkpoint: nothing to export
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_export_is_an_error_naming_the_model_and_leaves_no_folder(tmp_path):
+    tiny_checkpoint("glow", tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(RuntimeError, match="exporting m to ONNX failed"):
+        graphs_folder(tmp_path / "m", tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 SHIPPED_ONNX = sorted(p.parent.parent for p in CHECKPOINTS.glob("*/onnx/manifest.json"))
 
@@ -88,3 +131,13 @@ def test_shipped_onnx_graphs_belong_to_the_shipped_weights(checkpoint):
     manifest = json.loads((checkpoint / "onnx" / "manifest.json").read_text())
     assert manifest["weights_sha256"] == weights_digest(checkpoint), "re-run python -m model.export"
     assert tuple(manifest["passes"]) == ARCHITECTURES[manifest["architecture"]].onnx_passes
+
+
+SHIPPED = sorted(p.parent for p in CHECKPOINTS.glob("*/config.json"))
+MAX_FOLDER_BYTES = 10 * 2**20
+
+
+@pytest.mark.parametrize("checkpoint", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_a_shipped_model_folder_is_at_most_10_mib(checkpoint):
+    size = sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+    assert size <= MAX_FOLDER_BYTES, f"{checkpoint.name}: {size / 2**20:.1f} MiB (scripts/ship_checkpoint.sh)"

@@ -272,6 +272,11 @@ def test_ship_checkpoint_script_ships_only_evaluated_weights(tmp_path, digits):
     snapshot = tmp_path / "snapshot"
     done = subprocess.run(["bash", ship, run, snapshot, "--no-onnx"], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and not (snapshot / "onnx").exists(), done.stderr
+    big = tmp_path / "big"  # graphs that would take the folder over its size budget are left out
+    small = {**env, "MAX_FOLDER_MIB": "0"}
+    done = subprocess.run(["bash", ship, run, big], env=small, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and not (big / "onnx").exists(), done.stderr
+    assert "graphs left out" in done.stderr and (big / "model.safetensors").is_file()
     config = json.loads((run / "config.json").read_text())
     config["training"]["steps"] += 1  # weights newer than their evaluation (a run of an older version)
     (run / "config.json").write_text(json.dumps(config))
