@@ -100,6 +100,29 @@ def _iw_row(training: dict[str, Any]) -> list[str]:
     ]
 
 
+def _stages(training: dict[str, Any]) -> list[str]:
+    """A 'made in stages' row for a model continued from others (`model.train --init-from`, growth by
+    `model.growth`): each stage's epochs, batch, learning rate and size, oldest first."""
+    chain = [training]
+    while isinstance(chain[-1].get("continued_from"), dict):
+        chain.append(chain[-1]["continued_from"])
+    if len(chain) == 1:
+        return []
+    chain.reverse()
+    parts, first = [], 1
+    for stage, later in zip(chain, [*chain[1:], None], strict=True):
+        last = stage.get("epochs") or first - 1
+        part = (
+            f"epochs {first}–{last}: batch {stage.get('batch_size')}, lr {stage.get('lr')}, "
+            f"{stage.get('num_parameters') or 0:,} parameters"
+        )
+        if later is not None and stage.get("grown_from"):
+            part += f", then grown (function-preserving) to {later.get('num_parameters') or 0:,}"
+        parts.append(part)
+        first = last + 1
+    return [f"| made in stages | {'; '.join(parts)} |"]
+
+
 def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
     """The Markdown model card of `checkpoint`."""
     config = read_config(checkpoint)
@@ -108,6 +131,7 @@ def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
     history = read_training_log(checkpoint)
     bpd = training.get("test_bits_per_dim")
     hours = training.get("train_seconds", 0) / 3600
+    stages = _stages(training)
     lines = [
         f"# {checkpoint.name}",
         "",
@@ -121,10 +145,12 @@ def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
         f"coupling width {arch['hidden']}, k = {arch['kernel_size']} |",
         f"| input | {'×'.join(map(str, config['image_shape']))} integer pixels in [0, 255] |",
         f"| data | {_DATA.get(training.get('dataset'), training.get('dataset'))} |",
-        f"| training | {training.get('epochs')} epochs, {training.get('steps'):,} steps of batch "
+        f"| training{' (last stage)' if stages else ''} | {training.get('epochs')} epochs, "
+        f"{training.get('steps'):,} steps of batch "
         f"{training.get('batch_size')}, Adam lr {training.get('lr')} "
         f"({training.get('lr_schedule', 'constant')}),"
         f" EMA {training.get('ema_decay') or 'off'}, seed {training.get('seed')}{_precision(history)} |",
+        *stages,
         f"| compute | {hours:.1f} h on {training.get('device')} (commit {training.get('commit')}, "
         f"{training.get('date')}) |",
         f"| test bits/dim | **{bpd:.3f}** on {training.get('test_images')} test images, uniform "

@@ -284,6 +284,30 @@ def test_ship_checkpoint_script_ships_only_evaluated_weights(tmp_path, digits):
     assert done.returncode != 0 and "ship after the next epoch ends" in done.stderr
 
 
+def test_a_grown_and_continued_model_records_its_stages_and_its_card_lists_them(tmp_path, digits):
+    """train 1 epoch → grow (model.growth) → continue 1 epoch, stopped and resumed: the last config nests
+    each earlier stage's summary, growth included, and the card lists the stages oldest first."""
+    from model.growth import main as growth_main
+
+    first, grown, last = tmp_path / "first", tmp_path / "grown", tmp_path / "last"
+    assert train_main(_args(first, digits, "--epochs", "1")) == 0
+    assert growth_main([str(first), "--out", str(grown), "--steps", "2,2", "--hidden", "16,16"]) == 0
+    more = ("--epochs", "2", "--init-from", str(grown), "--steps", "2", "--hidden", "16")
+    more += ("--batch-size", "16")
+    assert train_main(_args(last, digits, *more, "--max-steps", "12")) == 0
+    assert train_main(_args(last, digits, *more, "--resume")) == 0
+    training = json.loads((last / "config.json").read_text())["training"]
+    earlier = training["continued_from"]
+    assert earlier["grown_from"]["checkpoint"] == "first" and earlier["epochs"] == 1
+    assert training["epochs"] == 2 and training["num_parameters"] > earlier["num_parameters"]
+    (row,) = [line for line in model_card(last).splitlines() if line.startswith("| made in stages")]
+    small, big = earlier["num_parameters"], training["num_parameters"]
+    assert f"epochs 1–1: batch 32, lr 0.002, {small:,} parameters, then grown" in row
+    assert f"to {big:,}; epochs 2–2: batch 16" in row
+    assert "| training (last stage) | 2 epochs" in model_card(last)
+    assert "made in stages" not in model_card(first)
+
+
 def test_a_continuation_stopped_in_its_first_epoch_resumes(tmp_path, digits):
     """`--init-from A --out B --max-minutes ...` stopping before B's first epoch ends leaves B resumable."""
     first, second = tmp_path / "first", tmp_path / "second"

@@ -97,6 +97,7 @@ class Trainer:
         model = self.ddp.wrap(self.flow, self.device)  # x -> log p(x); gradients averaged when distributed
         self.model = torch.compile(model) if args.compile else model
         self.progress = self._progress(saved, start_from)
+        self.continued_from = self._continued_from(resuming)
         self.out.mkdir(parents=True, exist_ok=True)
 
         self.batches_per_epoch = self.data.train.shape[0] // args.batch_size
@@ -173,6 +174,16 @@ class Trainer:
             train_seconds=float(done.get("train_seconds") or 0.0),
         )
 
+    def _continued_from(self, resuming: bool) -> dict[str, Any] | None:
+        """The training summary of the checkpoint this run continues (`--init-from`), which nests its own:
+        how a shipped model was made, stage by stage (growth included), for its card. Resuming keeps what
+        the run's first checkpoint recorded."""
+        if resuming and (self.out / CONFIG_FILE).is_file():
+            recorded = read_config(self.out).get("training", {}).get("continued_from")
+            if recorded is not None:
+                return recorded
+        return read_config(self.args.init_from)["training"] if self.args.init_from else None
+
     def _plan(self, planned: Schedule | None, fresh_optimizer: bool) -> Schedule:
         """The schedule of the whole run, planned once; resuming keeps it unless `--epochs` changed."""
         args, p = self.args, self.progress
@@ -227,6 +238,7 @@ class Trainer:
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "seed": args.seed,
             "processes": self.ddp.world_size,
+            **({"continued_from": self.continued_from} if self.continued_from else {}),
         }
 
     def _save_state(self) -> None:
