@@ -35,7 +35,7 @@ from model.data import load_mnist, mnist_labels
 from model.evaluate import evaluate_bits_per_dim, evaluate_iw_bits_per_dim
 from model.sampling import draw_latents, torch_decoder
 
-MNIST_CHECKPOINTS = ["finc-mnist", "inverse-flow-mnist", "glow-mnist"]
+MNIST_CHECKPOINTS = ["finc-mnist", "inverse-flow-mnist", "glow-mnist", "finc-mnist-l"]
 CONFIDENT = 0.9
 
 

@@ -151,7 +151,8 @@ def model_card(checkpoint: Path, speed: dict[str, Any] | None = None) -> str:
         f"({training.get('lr_schedule', 'constant')}),"
         f" EMA {training.get('ema_decay') or 'off'}, seed {training.get('seed')}{_precision(history)} |",
         *stages,
-        f"| compute | {hours:.1f} h on {training.get('device')} (commit {training.get('commit')}, "
+        f"| compute | {hours:.1f} h{' in all, the last stage' if stages else ''} on {training.get('device')} "
+        f"(commit {training.get('commit')}, "
         f"{training.get('date')}) |",
         f"| test bits/dim | **{bpd:.3f}** on {training.get('test_images')} test images, uniform "
         "dequantisation (the bound papers report) |"
