@@ -84,8 +84,11 @@ def graphs_folder(checkpoint: Path, cache: Path | None = None, threads: int = 0)
     target = cache / f"{checkpoint.name}-{weights_digest(checkpoint)[:16]}"
     if (target / "manifest.json").is_file():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
+    except OSError as exc:  # a read-only or unwritable cache: no export (auto serves on torch)
+        raise RuntimeError(f"cannot export {checkpoint.name}'s ONNX graphs into {cache}: {exc}") from exc
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     started = time.perf_counter()
     log.info("%s ships no ONNX graphs: exporting them once into %s", checkpoint.name, target)

@@ -111,6 +111,10 @@ def test_shipped_graphs_win_over_the_cache(tmp_path):
     assert graphs_folder(tmp_path / "m", tmp_path / "cache") == tmp_path / "m" / "onnx"
     assert graphs_folder(tmp_path / "none", tmp_path / "cache") is None  # no checkpoint: nothing to export
     assert not (tmp_path / "cache").exists()
+    (tmp_path / "m" / "onnx" / "manifest.json").unlink()
+    (tmp_path / "file").write_text("")  # a cache that cannot be made: an error naming it, not an OSError
+    with pytest.raises(RuntimeError, match="cannot export m's ONNX graphs into"):
+        graphs_folder(tmp_path / "m", tmp_path / "file" / "cache")
 
 
 @pytest.mark.slow
