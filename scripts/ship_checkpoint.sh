@@ -3,7 +3,7 @@
 # sample grid, ONNX graphs, out-of-distribution statistics and the model card; no optimizer state or
 # per-epoch grids (the repo stays small).
 #   bash scripts/ship_checkpoint.sh runs/finc-mnist checkpoints/finc-mnist [--no-onnx] [model.card options]
-# --no-onnx: a snapshot to continue from (training/), not served: no ONNX graphs, no ood_stats.json.
+# --no-onnx: a snapshot to continue from, not served: no ONNX graphs, no ood_stats.json.
 # A folder stays within MAX_FOLDER_MIB (default 10): graphs that would take it over are left out, and the
 # service exports them at start-up into its ONNX cache (--onnx-cache) instead.
 set -euo pipefail
